@@ -1,0 +1,55 @@
+"""pgdurable: durable workflows and queues whose state machine lives in PostgreSQL."""
+
+from __future__ import annotations
+
+from pgdurable.app import App
+from pgdurable.context import workflow_id
+from pgdurable.decorators import RetryPolicy, StepFunction, TransactionFunction, WorkflowFunction
+from pgdurable.errors import (
+    ConfigurationError,
+    FencedError,
+    InvalidArgument,
+    InvalidState,
+    NonDeterminismError,
+    PgDurableError,
+    RegistrationError,
+    SchemaError,
+    SerializationError,
+    StepFailed,
+    StepOutcomeUnknown,
+    WorkflowCancelled,
+    WorkflowConflict,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+from pgdurable.handle import StepInfo, WorkflowHandle, WorkflowInfo
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "ConfigurationError",
+    "FencedError",
+    "InvalidArgument",
+    "InvalidState",
+    "NonDeterminismError",
+    "PgDurableError",
+    "RegistrationError",
+    "RetryPolicy",
+    "SchemaError",
+    "SerializationError",
+    "StepFailed",
+    "StepFunction",
+    "StepInfo",
+    "StepOutcomeUnknown",
+    "TransactionFunction",
+    "WorkflowCancelled",
+    "WorkflowConflict",
+    "WorkflowFailed",
+    "WorkflowFunction",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNotFound",
+    "__version__",
+    "workflow_id",
+]

@@ -1,0 +1,344 @@
+"""`App`: the registry of workflows and steps, and the entry points to start and manage runs."""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
+
+import psycopg
+
+from pgdurable import migrate
+from pgdurable.config import resolve_dsn
+from pgdurable.db import Database, jsonb
+from pgdurable.decorators import RetryPolicy, StepFunction, TransactionFunction, WorkflowFunction
+from pgdurable.errors import (
+    InvalidArgument,
+    RegistrationError,
+    SerializationError,
+)
+from pgdurable.executor import Executor
+from pgdurable.handle import StepInfo, WorkflowHandle, WorkflowInfo
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def default_name(fn: Callable[..., Any]) -> str:
+    """`module.qualname`; for a script run as __main__, the script's file stem stands in for
+    the module, so the name is the same when another process imports the file."""
+    module = fn.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif getattr(main, "__file__", None):
+            module = Path(main.__file__ or "main").stem
+    return f"{module}.{fn.__qualname__}"
+
+
+@dataclass
+class Registry:
+    workflows: dict[str, WorkflowFunction[Any, Any]] = field(default_factory=dict)
+    steps: dict[str, StepFunction[Any, Any] | TransactionFunction[Any, Any]] = field(
+        default_factory=dict
+    )
+
+    def claim_name(self, name: str, kind: str) -> None:
+        if name in self.workflows or name in self.steps:
+            raise RegistrationError(
+                f"{kind} name {name!r} is already registered; pass name=... to tell them apart"
+            )
+
+
+class App:
+    """A pgdurable application: where the database is, and what it can run.
+
+    `dsn`: a libpq connection string. Default: PGDURABLE_DSN, else libpq's PG* variables, else
+    the embedded development server. Nothing connects until the first run or query.
+    `lease_seconds`: how long a run stays owned without a heartbeat (a crashed process's runs can
+    be taken over after this). `heartbeat_seconds`: renewal period, default a third of the lease.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        lease_seconds: float = 30.0,
+        heartbeat_seconds: float | None = None,
+        pool_size: int = 10,
+        max_threads: int = 64,
+        auto_migrate: bool = False,
+    ) -> None:
+        if not math.isfinite(lease_seconds) or lease_seconds <= 0:
+            raise InvalidArgument(f"lease_seconds must be > 0, not {lease_seconds!r}")
+        heartbeat = lease_seconds / 3 if heartbeat_seconds is None else heartbeat_seconds
+        if not math.isfinite(heartbeat) or not 0 < heartbeat < lease_seconds:
+            raise InvalidArgument(
+                f"heartbeat_seconds must be > 0 and < lease_seconds, not {heartbeat!r}"
+            )
+        if pool_size < 1 or max_threads < 1:
+            raise InvalidArgument("pool_size and max_threads must be >= 1")
+        self._dsn = dsn
+        self.lease_seconds = float(lease_seconds)
+        self.heartbeat_seconds = float(heartbeat)
+        self.auto_migrate = auto_migrate
+        self.registry = Registry()
+        self._pool_size = pool_size
+        self._db: Database | None = None
+        self._executor: Executor | None = None
+        self._max_threads = max_threads
+        self._open_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def db(self) -> Database:
+        """The connection pool, opened (and the schema checked) on first use."""
+        if self._db is None:
+            with self._open_lock:
+                if self._db is None:
+                    self._db = self._open()
+        return self._db
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            with self._open_lock:
+                if self._executor is None:
+                    self._executor = Executor(self, max_threads=self._max_threads)
+        return self._executor
+
+    def _open(self) -> Database:
+        db = Database(resolve_dsn(self._dsn), max_size=self._pool_size)
+        db.open()
+        try:
+            with db.connection() as conn:
+                if self.auto_migrate:
+                    migrate.migrate(conn)
+                migrate.check_schema(conn)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def close(self, wait: bool = True) -> None:
+        """Stop local executions' threads (waiting for them with `wait`) and close the pool."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=wait)
+            self._executor = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- registration ----------------------------------------------------------------------
+
+    def workflow(
+        self, *, name: str | None = None
+    ) -> Callable[[Callable[P, R]], WorkflowFunction[P, R]]:
+        """Register a durable workflow. Its steps are checkpointed; after a crash, a new
+        execution replays recorded steps and continues from the first unrecorded one."""
+
+        def register(fn: Callable[P, R]) -> WorkflowFunction[P, R]:
+            wf_name = name or default_name(fn)
+            self.registry.claim_name(wf_name, "workflow")
+            wf = WorkflowFunction(self, fn, wf_name)
+            self.registry.workflows[wf_name] = wf
+            return wf
+
+        return register
+
+    def step(
+        self,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        max_interval: float = 60.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        at_most_once: bool = False,
+    ) -> Callable[[Callable[P, R]], StepFunction[P, R]]:
+        """Register a step: its output is recorded once and replayed, never re-run.
+
+        The body runs at least once (a crash after it ran but before its checkpoint committed
+        runs it again). `at_most_once=True` commits an intent first and never runs the body
+        again after such a crash: the workflow sees StepOutcomeUnknown instead.
+        """
+        policy = RetryPolicy(retries, interval, backoff, max_interval, tuple(retry_on))
+
+        def register(fn: Callable[P, R]) -> StepFunction[P, R]:
+            step_name = name or default_name(fn)
+            self.registry.claim_name(step_name, "step")
+            step = StepFunction(self, fn, step_name, policy, at_most_once)
+            self.registry.steps[step_name] = step
+            return step
+
+        return register
+
+    def transaction(
+        self,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        max_interval: float = 60.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Callable[
+        [Callable[Concatenate[psycopg.Connection[Any], P], R]], TransactionFunction[P, R]
+    ]:
+        """Register a transaction step. The function's first parameter is a psycopg connection
+        in an open transaction; its writes and the step's checkpoint commit together, so its
+        effect on the database happens exactly once."""
+        policy = RetryPolicy(retries, interval, backoff, max_interval, tuple(retry_on))
+
+        def register(
+            fn: Callable[Concatenate[psycopg.Connection[Any], P], R],
+        ) -> TransactionFunction[P, R]:
+            step_name = name or default_name(fn)
+            self.registry.claim_name(step_name, "transaction")
+            step = TransactionFunction(self, fn, step_name, policy)
+            self.registry.steps[step_name] = step
+            return step
+
+        return register
+
+    # -- starting runs ---------------------------------------------------------------------
+
+    @overload
+    def start(
+        self,
+        fn: WorkflowFunction[P, R],
+        *args: Any,
+        workflow_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(
+        self,
+        fn: str,
+        *args: Any,
+        workflow_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[Any]: ...
+
+    def start(
+        self,
+        fn: WorkflowFunction[Any, Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[Any]:
+        """Start a run of a workflow in this process and return its handle.
+
+        `workflow_id` is an idempotency key: if a run with that id exists, its handle is
+        returned and nothing new runs (if its owner's lease expired, this process takes it
+        over and continues it from its checkpoints). With `conn`, the run is created inside the
+        caller's transaction and executes only once that transaction commits; on rollback it
+        never existed.
+        """
+        wf = self._resolve(fn)
+        inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
+        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+            raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
+        wid = workflow_id or str(uuid.uuid4())
+        executor = self.executor
+        row = self.db.fetch_one(
+            "start_workflow",
+            {"id": wid, "name": wf.name, "inputs": jsonb(inputs), "owner": executor.worker_id,
+             "lease_seconds": self.lease_seconds},
+            conn=conn,
+        )
+        assert row is not None
+        xact = row["xact_id"] if conn is not None else None
+        if row["started"]:
+            executor.submit(wf, wid, row["epoch"], row["inputs"], after_xact=xact)
+        return WorkflowHandle(self, wid, created_in_xact=xact)
+
+    def _resolve(self, fn: WorkflowFunction[Any, Any] | str) -> WorkflowFunction[Any, Any]:
+        if isinstance(fn, WorkflowFunction):
+            if fn.app is not self:
+                raise RegistrationError(f"workflow {fn.name!r} belongs to another App")
+            return fn
+        if isinstance(fn, str):
+            wf = self.registry.workflows.get(fn)
+            if wf is None:
+                raise RegistrationError(
+                    f"no workflow named {fn!r} is registered; known: "
+                    f"{', '.join(sorted(self.registry.workflows)) or 'none'}"
+                )
+            return wf
+        raise SerializationError(
+            f"app.start() needs a function decorated with @app.workflow() or its name, "
+            f"not {fn!r}"
+        )
+
+    # -- managing runs ---------------------------------------------------------------------
+
+    def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle on an existing run (WorkflowNotFound if there is none)."""
+        handle: WorkflowHandle[Any] = WorkflowHandle(self, workflow_id)
+        handle.info()
+        return handle
+
+    def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """Continue a run in this process from its checkpoints: one whose owner's lease expired,
+        or one that failed or was cancelled. A run with a live lease is left to its owner; a
+        succeeded run is left alone. Returns its handle either way."""
+        row = self.db.fetch_one(
+            "resume",
+            {"id": workflow_id, "owner": self.executor.worker_id,
+             "lease_seconds": self.lease_seconds},
+        )
+        if row is not None:
+            wf = self.registry.workflows.get(row["name"])
+            if wf is None:
+                raise RegistrationError(
+                    f"workflow {workflow_id!r} runs {row['name']!r}, which this App does not "
+                    "register; resume it from a process that imports it"
+                )
+            self.executor.submit(wf, workflow_id, row["epoch"], row["inputs"])
+        return self.retrieve(workflow_id)
+
+    def cancel(self, workflow_id: str) -> str:
+        """Cancel a run that has not finished; its execution stops at its next checkpoint.
+        Returns the run's status afterwards."""
+        row = self.db.fetch_one("cancel", {"id": workflow_id})
+        assert row is not None
+        return str(row["status"])
+
+    def list_workflows(
+        self, *, status: str | None = None, name: str | None = None, limit: int = 100
+    ) -> list[WorkflowInfo]:
+        """The most recent runs first, optionally filtered by status and workflow name."""
+        if limit < 1:
+            raise InvalidArgument(f"limit must be >= 1, not {limit}")
+        rows = self.db.fetch_all(
+            "list_workflows", {"status": status, "name": name, "limit": limit}
+        )
+        return [WorkflowInfo.model_validate(r) for r in rows]
+
+    def list_steps(self, workflow_id: str) -> list[StepInfo]:
+        """The recorded steps of a run, in order."""
+        return [StepInfo.model_validate(r) for r in self.db.fetch_all("list_steps",
+                                                                      {"id": workflow_id})]
+
+    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        return WorkflowHandle(self, workflow_id).info()

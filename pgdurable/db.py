@@ -1,0 +1,100 @@
+"""The one place that sends SQL: a connection pool and named-query calls.
+
+Every call takes an optional `conn`: given, the statement runs on the caller's connection (and so
+inside the caller's transaction); otherwise on a pooled autocommit connection, where each
+function call is its own transaction. Database errors with a pgdurable SQLSTATE become
+pgdurable exceptions here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from pgdurable import errors
+from pgdurable.queries import query
+
+Row = dict[str, Any]
+Params = Mapping[str, Any]
+
+
+def jsonb(value: Any) -> Jsonb | None:
+    """Wrap a JSON-compatible value for a jsonb parameter (None stays SQL NULL)."""
+    return None if value is None else Jsonb(value)
+
+
+def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A single connection, with server errors turned into one readable line."""
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise errors.ConfigurationError(f"cannot connect to PostgreSQL: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+class Database:
+    """A pool of autocommit connections plus helpers that run named queries."""
+
+    def __init__(self, dsn: str, *, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True},
+            name="pgdurable",
+        )
+
+    def open(self) -> None:
+        # Fail fast with one line instead of the pool's silent background retries.
+        connect(self.dsn).close()
+        self.pool.open(wait=True, timeout=30)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self.pool.connection(timeout=60) as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise errors.ConfigurationError(f"no database connection available: {exc}") from None
+
+    def fetch_all(
+        self, name: str, params: Params | None = None, *, conn: psycopg.Connection[Any] | None = None
+    ) -> list[Row]:
+        if conn is not None:
+            return _run(conn, name, params)
+        with self.connection() as pooled:
+            return _run(pooled, name, params)
+
+    def fetch_one(
+        self, name: str, params: Params | None = None, *, conn: psycopg.Connection[Any] | None = None
+    ) -> Row | None:
+        rows = self.fetch_all(name, params, conn=conn)
+        return rows[0] if rows else None
+
+
+def _run(conn: psycopg.Connection[Any], name: str, params: Params | None) -> list[Row]:
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query(name), params, prepare=params is not None)
+            return cur.fetchall() if cur.description is not None else []
+    except psycopg.Error as exc:
+        raise errors.translate(exc) from exc
+
+
+def run_query(conn: psycopg.Connection[Any], name: str, params: Params | None = None) -> list[Row]:
+    """Run a named query on a given connection (migrations, tests, transaction steps)."""
+    return _run(conn, name, params)

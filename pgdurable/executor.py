@@ -1,0 +1,172 @@
+"""Running workflow executions in this process: threads, leases, heartbeats, finishing.
+
+An execution owns its run through a lease (`owner`, `lease_until`) and a fencing epoch. One
+heartbeat statement per process renews the leases of every run it holds. When the epoch turns
+out stale (another worker took the run over), the execution stops quietly: the new owner
+carries on from the checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from pgdurable import context
+from pgdurable.context import RecordedStep, WorkflowContext
+from pgdurable.db import jsonb
+from pgdurable.errors import FencedError, WorkflowNotFound
+from pgdurable.serde import error_record
+
+if TYPE_CHECKING:
+    from pgdurable.app import App
+    from pgdurable.decorators import WorkflowFunction
+
+log = logging.getLogger("pgdurable.executor")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Executor:
+    """Runs the executions this process owns, each in a thread of its own pool."""
+
+    def __init__(self, app: App, *, max_threads: int) -> None:
+        self.app = app
+        self.worker_id = new_worker_id()
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="pgdurable")
+        self._running: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def submit(
+        self,
+        wf: WorkflowFunction[Any, Any],
+        workflow_id: str,
+        epoch: int,
+        inputs: dict[str, Any],
+        *,
+        after_xact: str | None = None,
+    ) -> Future[None]:
+        """Run an execution in the background. With `after_xact`, wait until that transaction
+        (the caller's, which created the run) commits; if it rolls back, do nothing."""
+        self._ensure_heartbeat()
+        future = self._pool.submit(self._run, wf, workflow_id, epoch, inputs, after_xact)
+        with self._lock:
+            self._running[workflow_id] = future
+        future.add_done_callback(lambda _: self._forget(workflow_id, future))
+        return future
+
+    def local(self, workflow_id: str) -> Future[None] | None:
+        with self._lock:
+            return self._running.get(workflow_id)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        if self._heartbeat is not None and wait:
+            self._heartbeat.join(timeout=5)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _forget(self, workflow_id: str, future: Future[None]) -> None:
+        with self._lock:
+            if self._running.get(workflow_id) is future:
+                del self._running[workflow_id]
+
+    def _run(
+        self,
+        wf: WorkflowFunction[Any, Any],
+        workflow_id: str,
+        epoch: int,
+        inputs: dict[str, Any],
+        after_xact: str | None,
+    ) -> None:
+        if after_xact is not None and not self._wait_for_commit(after_xact):
+            log.info("workflow %s: the transaction that started it rolled back", workflow_id)
+            return
+        try:
+            execute(self.app, wf, workflow_id, epoch, inputs)
+        except (FencedError, WorkflowNotFound) as exc:
+            log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
+        except Exception:
+            # The run stays `running` and is taken over once its lease expires.
+            log.exception("workflow %s: execution stopped by an unexpected error", workflow_id)
+
+    def _wait_for_commit(self, xact_id: str) -> bool:
+        """Poll the creating transaction's fate. True once committed, False if rolled back."""
+        delay = 0.001
+        while not self._stop.is_set():
+            row = self.app.db.fetch_one("xact_status", {"xact_id": xact_id})
+            status = row["status"] if row else None
+            if status == "committed":
+                return True
+            if status != "in progress":
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return False
+
+    def _ensure_heartbeat(self) -> None:
+        with self._lock:
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(
+                    target=self._beat, name="pgdurable-heartbeat", daemon=True
+                )
+                self._heartbeat.start()
+
+    def _beat(self) -> None:
+        period = self.app.heartbeat_seconds
+        while not self._stop.wait(period):
+            try:
+                self.app.db.fetch_one(
+                    "heartbeat",
+                    {"owner": self.worker_id, "lease_seconds": self.app.lease_seconds},
+                )
+            except Exception as exc:  # keep beating: the database may come back
+                log.warning("heartbeat failed: %s", exc)
+
+
+def execute(
+    app: App, wf: WorkflowFunction[Any, Any], workflow_id: str, epoch: int, inputs: dict[str, Any]
+) -> None:
+    """Run (or replay) one execution of a workflow to the end and record how it ended.
+
+    Raises FencedError if the run was taken over meanwhile; nothing is then recorded.
+    """
+    rows = app.db.fetch_all("load_steps", {"id": workflow_id, "epoch": epoch})
+    recorded = {
+        r["step_no"]: RecordedStep(r["step_no"], r["name"], r["status"], r["output"], r["error"])
+        for r in rows
+    }
+    ctx = WorkflowContext(app=app, workflow_id=workflow_id, epoch=epoch, recorded=recorded)
+    token = context.activate(ctx)
+    try:
+        try:
+            args, kwargs = wf.signature.decode_args(inputs)
+            output = wf.signature.encode_result(wf.fn(*args, **kwargs))
+        except (FencedError, WorkflowNotFound):
+            raise  # taken over, cancelled or deleted under us: nothing of ours to record
+        except Exception as exc:
+            _finish(app, workflow_id, epoch, "failed", None, error_record(exc))
+            return
+        _finish(app, workflow_id, epoch, "succeeded", output, None)
+    finally:
+        context.deactivate(token)
+
+
+def _finish(
+    app: App, workflow_id: str, epoch: int, status: str, output: Any, error: Any
+) -> None:
+    app.db.fetch_one(
+        "finish_workflow",
+        {"id": workflow_id, "epoch": epoch, "status": status, "output": jsonb(output),
+         "error": jsonb(error)},
+    )

@@ -1,0 +1,81 @@
+-- Every statement the Python library sends. Each block starts with `-- name: <name>`; the
+-- loader in pgdurable/queries.py turns this file into a dict. State changes are calls of the
+-- functions in migrations/; the rest are reads.
+
+-- name: migrations_bootstrap
+create schema if not exists pgdurable;
+create table if not exists pgdurable.migrations (
+    version    integer primary key,
+    name       text not null,
+    sha256     text not null,
+    applied_at timestamptz not null default now()
+)
+
+-- name: migrations_lock
+-- Blocking: a second `migrate` waits for the first instead of racing it.
+select pg_advisory_xact_lock(7301544015412283461)
+
+-- name: migrations_applied
+select version, name, sha256 from pgdurable.migrations order by version
+
+-- name: migrations_record
+insert into pgdurable.migrations (version, name, sha256) values (%(version)s, %(name)s, %(sha256)s)
+
+-- name: schema_version
+select case when to_regclass('pgdurable.migrations') is null then null
+            else (select coalesce(max(version), 0) from pgdurable.migrations) end as version
+
+-- name: start_workflow
+select id, name, status, epoch, inputs, started, xact_id
+  from pgdurable.start_workflow(%(id)s, %(name)s, %(inputs)s, %(owner)s, %(lease_seconds)s)
+
+-- name: acquire
+select id, name, status, epoch, inputs
+  from pgdurable.acquire(%(id)s, %(owner)s, %(lease_seconds)s)
+
+-- name: resume
+select id, name, status, epoch, inputs
+  from pgdurable.resume(%(id)s, %(owner)s, %(lease_seconds)s)
+
+-- name: heartbeat
+select pgdurable.heartbeat(%(owner)s, %(lease_seconds)s) as renewed
+
+-- name: load_steps
+select step_no, name, status, output, error from pgdurable.load_steps(%(id)s, %(epoch)s)
+
+-- name: begin_step
+select status, output, error, is_new
+  from pgdurable.begin_step(%(id)s, %(epoch)s, %(step_no)s, %(name)s)
+
+-- name: record_step
+select status, output, error, inserted
+  from pgdurable.record_step(%(id)s, %(epoch)s, %(step_no)s, %(name)s, %(status)s,
+                             %(output)s, %(error)s)
+
+-- name: finish_workflow
+select pgdurable.finish_workflow(%(id)s, %(epoch)s, %(status)s, %(output)s, %(error)s)
+
+-- name: cancel
+select pgdurable.cancel(%(id)s) as status
+
+-- name: xact_status
+-- 'committed', 'aborted' or 'in progress' for the transaction that created a run.
+select pg_xact_status(%(xact_id)s::xid8) as status
+
+-- name: get_workflow
+select id, name, status, inputs, output, error, attempt, owner, lease_until, created_at,
+       started_at, finished_at, updated_at
+  from pgdurable.workflows where id = %(id)s
+
+-- name: list_workflows
+select id, name, status, inputs, output, error, attempt, owner, lease_until, created_at,
+       started_at, finished_at, updated_at
+  from pgdurable.workflows
+ where (%(status)s::text is null or status = %(status)s::text)
+   and (%(name)s::text is null or name = %(name)s::text)
+ order by created_at desc, id
+ limit %(limit)s
+
+-- name: list_steps
+select step_no, name, status, output, error, attempt, started_at, finished_at
+  from pgdurable.steps where workflow_id = %(id)s order by step_no

@@ -1,0 +1,155 @@
+"""Executing one step of a running workflow: replay, retries, checkpoint.
+
+The floor is one round trip per step: the recorded steps of a run are loaded once when its
+execution starts, so replaying a step costs nothing, and a new step costs one `record_step` call
+(for a transaction step, inside the user's own transaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgdurable.context import RecordedStep, WorkflowContext
+from pgdurable.db import jsonb
+from pgdurable.errors import NonDeterminismError, PgDurableError, StepOutcomeUnknown
+from pgdurable.serde import error_record, rebuild_exception
+
+if TYPE_CHECKING:
+    from pgdurable.decorators import RetryPolicy, StepFunction, TransactionFunction
+
+log = logging.getLogger("pgdurable.steps")
+
+
+class _RecordedElsewhere(Exception):
+    """Rolls back a transaction step whose position another execution already recorded."""
+
+    def __init__(self, recorded: RecordedStep) -> None:
+        self.recorded = recorded
+
+
+def run_step(ctx: WorkflowContext, step: StepFunction[Any, Any], body: Callable[[], Any]) -> Any:
+    step_no = ctx.take_step_no()
+    recorded = _recorded(ctx, step_no, step.name)
+    if recorded is not None:
+        return _outcome(recorded, step)
+    if step.at_most_once:
+        row = ctx.app.db.fetch_one(
+            "begin_step",
+            {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "name": step.name},
+        )
+        assert row is not None
+        if not row["is_new"]:
+            recorded = RecordedStep(step_no, step.name, row["status"], row["output"], row["error"])
+            return _outcome(recorded, step)
+
+    value = _with_retries(ctx, step.policy, step.name, step_no, lambda: _in_step(ctx, body))
+    output = step.signature.encode_result(value)
+    recorded, _ = _record(ctx, step_no, step.name, "done", output, None)
+    return _outcome(recorded, step)
+
+
+def run_transaction(
+    ctx: WorkflowContext,
+    step: TransactionFunction[Any, Any],
+    body: Callable[[psycopg.Connection[Any]], Any],
+) -> Any:
+    step_no = ctx.take_step_no()
+    recorded = _recorded(ctx, step_no, step.name)
+    if recorded is not None:
+        return _outcome(recorded, step)
+
+    def attempt() -> RecordedStep:
+        # The user's writes and the checkpoint commit together, or not at all.
+        try:
+            with ctx.app.db.connection() as conn, conn.transaction():
+                output = step.signature.encode_result(_in_step(ctx, lambda: body(conn)))
+                result, inserted = _record(ctx, step_no, step.name, "done", output, None, conn=conn)
+                if not inserted:
+                    raise _RecordedElsewhere(result)
+                return result
+        except _RecordedElsewhere as elsewhere:
+            return elsewhere.recorded
+
+    return _outcome(_with_retries(ctx, step.policy, step.name, step_no, attempt), step)
+
+
+def _recorded(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
+    recorded = ctx.recorded.get(step_no)
+    if recorded is not None and recorded.name != name:
+        raise NonDeterminismError(
+            f"workflow {ctx.workflow_id!r} step {step_no} was recorded as {recorded.name!r} "
+            f"but the code now calls {name!r}: steps must be called in the same order on replay"
+        )
+    return recorded
+
+
+def _in_step(ctx: WorkflowContext, body: Callable[[], Any]) -> Any:
+    ctx.in_step = True
+    try:
+        return body()
+    finally:
+        ctx.in_step = False
+
+
+def _with_retries(
+    ctx: WorkflowContext, policy: RetryPolicy, name: str, step_no: int, body: Callable[[], Any]
+) -> Any:
+    """Run `body`, retrying per the policy. After the last attempt the failure is recorded
+    (so replay raises it again without re-running) and the original exception propagates."""
+    retry = 0
+    while True:
+        try:
+            return body()
+        except Exception as exc:
+            retry += 1
+            delay = policy.delay_before(retry) if policy.retries_on(exc) else None
+            if delay is None:
+                # pgdurable's own errors (fencing, serialisation, ...) are not step outcomes.
+                if not isinstance(exc, PgDurableError):
+                    _record(ctx, step_no, name, "failed", None, error_record(exc))
+                raise
+            log.info("step %s of %s failed (%s), retry %d in %.2fs",
+                     name, ctx.workflow_id, type(exc).__name__, retry, delay)
+            time.sleep(delay)
+
+
+def _record(
+    ctx: WorkflowContext,
+    step_no: int,
+    name: str,
+    status: str,
+    output: Any,
+    error: dict[str, Any] | None,
+    *,
+    conn: psycopg.Connection[Any] | None = None,
+) -> tuple[RecordedStep, bool]:
+    """Checkpoint a step outcome. Returns the outcome now on record (ours, or an earlier
+    writer's) and whether ours was the one inserted."""
+    row = ctx.app.db.fetch_one(
+        "record_step",
+        {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "name": name,
+         "status": status, "output": jsonb(output), "error": jsonb(error)},
+        conn=conn,
+    )
+    assert row is not None
+    recorded = RecordedStep(step_no, name, row["status"], row["output"], row["error"])
+    ctx.recorded[step_no] = recorded
+    return recorded, bool(row["inserted"])
+
+
+def _outcome(recorded: RecordedStep, step: StepFunction[Any, Any] | TransactionFunction[Any, Any]
+             ) -> Any:
+    """What the workflow sees for a recorded step: the decoded output, or the recorded error."""
+    if recorded.status == "done":
+        return step.signature.decode_result(recorded.output)
+    if recorded.status == "started":
+        raise StepOutcomeUnknown(
+            f"at-most-once step {step.name!r} (position {recorded.step_no}) began in an earlier "
+            "execution that stopped before it finished; it is not run again"
+        )
+    raise rebuild_exception(recorded.error or {})
