@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -63,7 +63,7 @@ def main() -> int:
                              for s in app.list_steps(workflow_id))
         print(f"  database: status {info.status}, epoch {info.attempt}, recorded: {recorded}")
         assert info.lease_until is not None
-        wait = (info.lease_until - datetime.now(timezone.utc)).total_seconds() + 0.2
+        wait = (info.lease_until - datetime.now(UTC)).total_seconds() + 0.2
     print(f". the dead process still holds the lease; waiting {max(wait, 0):.1f} s for it to "
           "expire")
     time.sleep(max(wait, 0))

@@ -254,7 +254,19 @@ class App:
         caller's transaction and executes only once that transaction commits; on rollback it
         never existed.
         """
-        wf = self._resolve(fn)
+        return self.start_run(self._resolve(fn), args, kwargs, workflow_id=workflow_id, conn=conn)
+
+    def start_run(
+        self,
+        wf: WorkflowFunction[Any, R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        workflow_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> WorkflowHandle[R]:
+        """`start` with the workflow's arguments passed as a tuple and a dict (no clash with
+        the `workflow_id` / `conn` keywords)."""
         inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")

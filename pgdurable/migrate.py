@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, LiteralString, cast
+from typing import Any
 
 import psycopg
 
@@ -103,7 +103,7 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
             applied = _applied(conn)
             if migration.version in applied:
                 continue
-            conn.execute(cast(LiteralString, migration.sql))
+            conn.execute(migration.sql)
             run_query(
                 conn,
                 "migrations_record",

@@ -72,7 +72,7 @@ class Signature:
                 encoded[name] = {k: self._encode_arg(name, v) for k, v in value.items()}
             else:
                 encoded[name] = self._encode_arg(name, value)
-        rebound = inspect.BoundArguments(signature, encoded)  # type: ignore[arg-type]
+        rebound = inspect.BoundArguments(signature, encoded)  # type: ignore[arg-type,unused-ignore]
         return {"args": list(rebound.args), "kwargs": dict(rebound.kwargs)}
 
     def decode_args(self, inputs: dict[str, JSON]) -> tuple[tuple[Any, ...], dict[str, Any]]:
