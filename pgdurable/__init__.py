@@ -17,12 +17,15 @@ from pgdurable.errors import (
     SerializationError,
     StepFailed,
     StepOutcomeUnknown,
+    UnknownQueue,
     WorkflowCancelled,
     WorkflowConflict,
     WorkflowFailed,
     WorkflowNotFound,
 )
 from pgdurable.handle import StepInfo, WorkflowHandle, WorkflowInfo
+from pgdurable.queues import Queue, RateLimit
+from pgdurable.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -34,6 +37,8 @@ __all__ = [
     "InvalidState",
     "NonDeterminismError",
     "PgDurableError",
+    "Queue",
+    "RateLimit",
     "RegistrationError",
     "RetryPolicy",
     "SchemaError",
@@ -43,6 +48,7 @@ __all__ = [
     "StepInfo",
     "StepOutcomeUnknown",
     "TransactionFunction",
+    "UnknownQueue",
     "WorkflowCancelled",
     "WorkflowConflict",
     "WorkflowFailed",
@@ -50,6 +56,7 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowInfo",
     "WorkflowNotFound",
+    "Worker",
     "__version__",
     "workflow_id",
 ]

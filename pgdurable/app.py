@@ -24,6 +24,7 @@ from pgdurable.errors import (
 )
 from pgdurable.executor import Executor
 from pgdurable.handle import StepInfo, WorkflowHandle, WorkflowInfo
+from pgdurable.queues import Queue, RateLimit
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,6 +50,7 @@ class Registry:
     steps: dict[str, StepFunction[Any, Any] | TransactionFunction[Any, Any]] = field(
         default_factory=dict
     )
+    queues: dict[str, Queue] = field(default_factory=dict)
 
     def claim_name(self, name: str, kind: str) -> None:
         if name in self.workflows or name in self.steps:
@@ -98,6 +100,12 @@ class App:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def use_dsn(self, dsn: str) -> None:
+        """Point the App at another database (e.g. from a CLI option), before it connects."""
+        if self._db is not None:
+            raise InvalidArgument("use_dsn() must be called before the App connects")
+        self._dsn = dsn
+
     @property
     def db(self) -> Database:
         """The connection pool, opened (and the schema checked) on first use."""
@@ -123,6 +131,8 @@ class App:
                 if self.auto_migrate:
                     migrate.migrate(conn)
                 migrate.check_schema(conn)
+                for queue in self.registry.queues.values():
+                    queue.declare(conn=conn)
         except BaseException:
             db.close()
             raise
@@ -146,15 +156,25 @@ class App:
     # -- registration ----------------------------------------------------------------------
 
     def workflow(
-        self, *, name: str | None = None
+        self, *, name: str | None = None, max_attempts: int = 1, retry_backoff: float = 1.0
     ) -> Callable[[Callable[P, R]], WorkflowFunction[P, R]]:
         """Register a durable workflow. Its steps are checkpointed; after a crash, a new
-        execution replays recorded steps and continues from the first unrecorded one."""
+        execution replays recorded steps and continues from the first unrecorded one.
+
+        `max_attempts`: executions a queued run gets when it fails (retries are scheduled in SQL
+        after `retry_backoff * 2^(n-1)` seconds, keeping checkpoints); then it ends `failed`.
+        """
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
+                or max_attempts < 1:
+            raise InvalidArgument(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
+        if not math.isfinite(retry_backoff) or retry_backoff < 0:
+            raise InvalidArgument(f"retry_backoff must be >= 0, not {retry_backoff!r}")
 
         def register(fn: Callable[P, R]) -> WorkflowFunction[P, R]:
             wf_name = name or default_name(fn)
             self.registry.claim_name(wf_name, "workflow")
-            wf = WorkflowFunction(self, fn, wf_name)
+            wf = WorkflowFunction(self, fn, wf_name, max_attempts=max_attempts,
+                                  retry_backoff=retry_backoff)
             self.registry.workflows[wf_name] = wf
             return wf
 
@@ -216,6 +236,26 @@ class App:
 
         return register
 
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
+        partition_concurrency: int | None = None,
+    ) -> Queue:
+        """Declare a queue and its limits (None = unlimited). Limits are stored in the
+        database when this App connects, so all workers enforce the same ones."""
+        if name in self.registry.queues:
+            raise RegistrationError(f"queue {name!r} is already declared")
+        queue = Queue(self, name, concurrency=concurrency, worker_concurrency=worker_concurrency,
+                      rate_limit=rate_limit, partition_concurrency=partition_concurrency)
+        self.registry.queues[name] = queue
+        if self._db is not None:
+            queue.declare()
+        return queue
+
     # -- starting runs ---------------------------------------------------------------------
 
     @overload
@@ -254,7 +294,7 @@ class App:
         caller's transaction and executes only once that transaction commits; on rollback it
         never existed.
         """
-        return self.start_run(self._resolve(fn), args, kwargs, workflow_id=workflow_id, conn=conn)
+        return self.start_run(self.resolve(fn), args, kwargs, workflow_id=workflow_id, conn=conn)
 
     def start_run(
         self,
@@ -284,7 +324,8 @@ class App:
             executor.submit(wf, wid, row["epoch"], row["inputs"], after_xact=xact)
         return WorkflowHandle(self, wid, created_in_xact=xact)
 
-    def _resolve(self, fn: WorkflowFunction[Any, Any] | str) -> WorkflowFunction[Any, Any]:
+    def resolve(self, fn: WorkflowFunction[Any, R] | str) -> WorkflowFunction[Any, R]:
+        """The registered workflow for a decorated function or its name."""
         if isinstance(fn, WorkflowFunction):
             if fn.app is not self:
                 raise RegistrationError(f"workflow {fn.name!r} belongs to another App")
@@ -351,6 +392,23 @@ class App:
         """The recorded steps of a run, in order."""
         return [StepInfo.model_validate(r) for r in self.db.fetch_all("list_steps",
                                                                       {"id": workflow_id})]
+
+    def requeue(self, workflow_id: str) -> str:
+        """Put a failed, cancelled or abandoned run back on its queue for a worker to
+        continue from its checkpoints. Returns its status afterwards."""
+        row = self.db.fetch_one("requeue", {"id": workflow_id})
+        assert row is not None
+        return str(row["status"])
+
+    def queue_stats(self) -> list[dict[str, Any]]:
+        """Every queue in the database with its limits, paused flag, ready and running counts."""
+        return self.db.fetch_all("queue_stats")
+
+    def pause_queue(self, name: str) -> None:
+        self.db.fetch_one("set_queue_paused", {"name": name, "paused": True})
+
+    def resume_queue(self, name: str) -> None:
+        self.db.fetch_one("set_queue_paused", {"name": name, "paused": False})
 
     def get_workflow(self, workflow_id: str) -> WorkflowInfo:
         return WorkflowHandle(self, workflow_id).info()

@@ -9,6 +9,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,7 +122,7 @@ def _app(dsn: str | None, app_path: str | None = None) -> App:
     if app_path:
         app = load_app(app_path)
         if dsn:
-            app._dsn = dsn
+            app.use_dsn(dsn)
         return app
     return App(dsn)
 
@@ -210,16 +211,19 @@ def workflows_cancel(dsn: str | None, workflow_id: str) -> None:
 
 @workflows.command("resume")
 @dsn_option
-@click.option("--app", "app_path", required=True, metavar="MODULE:APP",
-              help="Import path of the App that registers the workflow; the run continues in "
-              "this process.")
+@click.option("--app", "app_path", metavar="MODULE:APP",
+              help="Continue the run in this process, with the App at this import path. "
+              "Without it the run goes back on its queue for a worker.")
 @click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait for the run to finish.")
+              help="With --app: wait for the run to finish.")
 @click.argument("workflow_id")
-def workflows_resume(dsn: str | None, app_path: str, wait: bool, workflow_id: str) -> None:
+def workflows_resume(dsn: str | None, app_path: str | None, wait: bool, workflow_id: str) -> None:
     """Continue a failed, cancelled or abandoned run from its checkpoints."""
     with friendly_errors(_verbose()):
         with _app(dsn, app_path) as app:
+            if app_path is None:
+                click.echo(f"{workflow_id}: {app.requeue(workflow_id)}")
+                return
             handle = app.resume(workflow_id)
             if wait:
                 try:
@@ -227,6 +231,109 @@ def workflows_resume(dsn: str | None, app_path: str, wait: bool, workflow_id: st
                 except PgDurableError:
                     pass
             click.echo(f"{workflow_id}: {handle.status()}")
+
+
+@main.command("worker")
+@dsn_option
+@click.argument("app_path", metavar="MODULE:APP")
+@click.option("-q", "--queue", "queues", multiple=True, envvar="PGDURABLE_QUEUES",
+              show_envvar=True,
+              help="Queue to serve (repeatable). Default: every queue the App declares, and "
+              "'default'.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
+              envvar="PGDURABLE_CONCURRENCY", show_envvar=True,
+              help="Runs executed at the same time by this process.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.001), default=1.0,
+              show_default=True, envvar="PGDURABLE_POLL_INTERVAL", show_envvar=True,
+              help="Seconds between claims when idle (fallback behind NOTIFY).")
+@click.option("--grace-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              envvar="PGDURABLE_GRACE_SECONDS", show_envvar=True,
+              help="On SIGTERM/SIGINT: time for running runs to finish before they are "
+              "released back to their queue.")
+@click.option("--exit-when-idle", is_flag=True, envvar="PGDURABLE_EXIT_WHEN_IDLE",
+              show_envvar=True, help="Exit once nothing is claimable and nothing runs.")
+def worker_cmd(dsn: str | None, app_path: str, queues: tuple[str, ...], concurrency: int,
+               poll_interval: float, grace_seconds: float, exit_when_idle: bool) -> None:
+    """Run queued workflows of the App at MODULE:APP (e.g. myapp.tasks:app)."""
+    from pgdurable.worker import Worker
+
+    with friendly_errors(_verbose()):
+        app = _app(dsn, app_path)
+        worker = Worker(app, queues=list(queues) or None, concurrency=concurrency,
+                        poll_interval=poll_interval, exit_when_idle=exit_when_idle,
+                        grace_seconds=grace_seconds)
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if worker._stopping.is_set():
+                worker.grace_seconds = 0  # a second signal: release now
+            worker.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        worker.run()
+        click.echo(f"worker stopped: {worker.started} runs claimed, {worker.released} released",
+                   err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Released runs may still have threads in the middle of a step; their writes are fenced.
+    os._exit(0)
+
+
+@main.group("queues", invoke_without_command=True)
+@click.pass_context
+def queues_group(ctx: click.Context) -> None:
+    """Show and steer queues (default: list)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(queues_list)
+
+
+@queues_group.command("list")
+@dsn_option
+@json_option
+def queues_list(dsn: str | None = None, as_json: bool = False) -> None:
+    """Queues with their limits, paused flag, ready and running counts."""
+    with friendly_errors(_verbose()):
+        with _app(dsn) as app:
+            rows = app.queue_stats()
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        click.echo(f"{'QUEUE':<20} {'STATE':<7} {'READY':>7} {'RUNNING':>7}  LIMITS")
+        for r in rows:
+            limits = []
+            if r["concurrency"]:
+                limits.append(f"concurrency={r['concurrency']}")
+            if r["worker_concurrency"]:
+                limits.append(f"worker_concurrency={r['worker_concurrency']}")
+            if r["rate_limit"]:
+                limits.append(f"rate={r['rate_limit']}/{r['rate_period_seconds']:g}s")
+            if r["partition_concurrency"]:
+                limits.append(f"partition_concurrency={r['partition_concurrency']}")
+            state = "paused" if r["paused"] else "active"
+            click.echo(f"{r['name']:<20} {state:<7} {r['ready']:>7} {r['running']:>7}  "
+                       f"{' '.join(limits) or '-'}")
+
+
+@queues_group.command("pause")
+@dsn_option
+@click.argument("name")
+def queues_pause(dsn: str | None, name: str) -> None:
+    """Stop workers from claiming runs of a queue (running ones continue)."""
+    with friendly_errors(_verbose()):
+        with _app(dsn) as app:
+            app.pause_queue(name)
+        click.echo(f"{name}: paused")
+
+
+@queues_group.command("resume")
+@dsn_option
+@click.argument("name")
+def queues_resume(dsn: str | None, name: str) -> None:
+    """Let workers claim runs of a paused queue again."""
+    with friendly_errors(_verbose()):
+        with _app(dsn) as app:
+            app.resume_queue(name)
+        click.echo(f"{name}: active")
 
 
 if __name__ == "__main__":

@@ -68,10 +68,15 @@ class WorkflowFunction(Generic[P, R]):
     (like `app.start(fn, ...).result()`).
     """
 
-    def __init__(self, app: App, fn: Callable[P, R], name: str) -> None:
+    def __init__(
+        self, app: App, fn: Callable[P, R], name: str, *, max_attempts: int = 1,
+        retry_backoff: float = 1.0,
+    ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
         self.signature = Signature(fn, f"workflow {name!r}")
         functools.update_wrapper(self, fn)
 

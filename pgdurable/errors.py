@@ -51,6 +51,10 @@ class InvalidArgument(PgDurableError, ValueError):
     """An argument is out of range (SQLSTATE PD006)."""
 
 
+class UnknownQueue(PgDurableError, LookupError):
+    """No queue with that name exists in the database (SQLSTATE PD007)."""
+
+
 class StepOutcomeUnknown(PgDurableError):
     """An at-most-once step began in an earlier execution that crashed before it finished.
 
@@ -91,6 +95,7 @@ SQLSTATE_TO_EXCEPTION: dict[str, type[PgDurableError]] = {
     "PD004": WorkflowNotFound,
     "PD005": InvalidState,
     "PD006": InvalidArgument,
+    "PD007": UnknownQueue,
 }
 
 

@@ -40,6 +40,7 @@ class Executor:
     def __init__(self, app: App, *, max_threads: int) -> None:
         self.app = app
         self.worker_id = new_worker_id()
+        self.max_threads = max_threads
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="pgdurable")
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
@@ -54,11 +55,15 @@ class Executor:
         inputs: dict[str, Any],
         *,
         after_xact: str | None = None,
+        has_steps: bool = True,
     ) -> Future[None]:
         """Run an execution in the background. With `after_xact`, wait until that transaction
-        (the caller's, which created the run) commits; if it rolls back, do nothing."""
+        (the caller's, which created the run) commits; if it rolls back, do nothing.
+        `has_steps=False` (a first execution) skips loading checkpoints."""
         self._ensure_heartbeat()
-        future = self._pool.submit(self._run, wf, workflow_id, epoch, inputs, after_xact)
+        future = self._pool.submit(
+            self._run, wf, workflow_id, epoch, inputs, after_xact, has_steps
+        )
         with self._lock:
             self._running[workflow_id] = future
         future.add_done_callback(lambda _: self._forget(workflow_id, future))
@@ -88,12 +93,13 @@ class Executor:
         epoch: int,
         inputs: dict[str, Any],
         after_xact: str | None,
+        has_steps: bool,
     ) -> None:
         if after_xact is not None and not self._wait_for_commit(after_xact):
             log.info("workflow %s: the transaction that started it rolled back", workflow_id)
             return
         try:
-            execute(self.app, wf, workflow_id, epoch, inputs)
+            execute(self.app, wf, workflow_id, epoch, inputs, has_steps=has_steps)
         except (FencedError, WorkflowNotFound) as exc:
             log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
         except Exception:
@@ -135,13 +141,20 @@ class Executor:
 
 
 def execute(
-    app: App, wf: WorkflowFunction[Any, Any], workflow_id: str, epoch: int, inputs: dict[str, Any]
+    app: App,
+    wf: WorkflowFunction[Any, Any],
+    workflow_id: str,
+    epoch: int,
+    inputs: dict[str, Any],
+    *,
+    has_steps: bool = True,
 ) -> None:
     """Run (or replay) one execution of a workflow to the end and record how it ended.
 
     Raises FencedError if the run was taken over meanwhile; nothing is then recorded.
     """
-    rows = app.db.fetch_all("load_steps", {"id": workflow_id, "epoch": epoch})
+    rows = (app.db.fetch_all("load_steps", {"id": workflow_id, "epoch": epoch})
+            if has_steps else [])
     recorded = {
         r["step_no"]: RecordedStep(r["step_no"], r["name"], r["status"], r["output"], r["error"])
         for r in rows

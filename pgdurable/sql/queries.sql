@@ -79,3 +79,40 @@ select id, name, status, inputs, output, error, attempt, owner, lease_until, cre
 -- name: list_steps
 select step_no, name, status, output, error, attempt, started_at, finished_at
   from pgdurable.steps where workflow_id = %(id)s order by step_no
+
+-- name: declare_queue
+select pgdurable.declare_queue(%(name)s, %(concurrency)s, %(worker_concurrency)s,
+                               %(rate_limit)s, %(rate_period_seconds)s,
+                               %(partition_concurrency)s)
+
+-- name: set_queue_paused
+select pgdurable.set_queue_paused(%(name)s, %(paused)s) as paused
+
+-- name: queue_stats
+select name, paused, concurrency, worker_concurrency, rate_limit, rate_period_seconds,
+       partition_concurrency, ready, running
+  from pgdurable.queue_stats()
+
+-- name: enqueue
+select pgdurable.enqueue(%(queue)s, %(name)s, %(inputs)s, %(id)s, %(priority)s,
+                         %(delay_seconds)s, %(dedup_key)s, %(partition_key)s, %(deadline)s,
+                         %(max_attempts)s, %(retry_backoff)s) as id
+
+-- name: enqueue_many
+select id from pgdurable.enqueue_many(%(queue)s, %(name)s, %(inputs)s::jsonb[], %(ids)s::text[],
+                                      %(priority)s, %(delay_seconds)s, %(partition_key)s,
+                                      %(deadline)s, %(max_attempts)s, %(retry_backoff)s)
+
+-- name: claim
+select id, name, epoch, inputs, queue, has_steps
+  from pgdurable.claim(%(worker)s, %(queues)s::text[], %(max)s, %(lease_seconds)s,
+                       %(names)s::text[])
+
+-- name: release
+select pgdurable.release(%(id)s, %(epoch)s)
+
+-- name: requeue
+select pgdurable.requeue(%(id)s) as status
+
+-- name: listen
+listen pgdurable
