@@ -49,6 +49,7 @@ __all__ = [
     "StepOutcomeUnknown",
     "TransactionFunction",
     "UnknownQueue",
+    "Worker",
     "WorkflowCancelled",
     "WorkflowConflict",
     "WorkflowFailed",
@@ -56,7 +57,6 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowInfo",
     "WorkflowNotFound",
-    "Worker",
     "__version__",
     "workflow_id",
 ]

@@ -355,18 +355,20 @@ class App:
         """Continue a run in this process from its checkpoints: one whose owner's lease expired,
         or one that failed or was cancelled. A run with a live lease is left to its owner; a
         succeeded run is left alone. Returns its handle either way."""
+        name = self.get_workflow(workflow_id).name
+        wf = self.registry.workflows.get(name)
+        if wf is None:  # checked before any state changes
+            raise RegistrationError(
+                f"workflow {workflow_id!r} runs {name!r}, which this App does not register; "
+                "resume it from a process that imports it, or `pgdurable workflows resume` "
+                "it without --app to put it back on its queue"
+            )
         row = self.db.fetch_one(
             "resume",
             {"id": workflow_id, "owner": self.executor.worker_id,
              "lease_seconds": self.lease_seconds},
         )
         if row is not None:
-            wf = self.registry.workflows.get(row["name"])
-            if wf is None:
-                raise RegistrationError(
-                    f"workflow {workflow_id!r} runs {row['name']!r}, which this App does not "
-                    "register; resume it from a process that imports it"
-                )
             self.executor.submit(wf, workflow_id, row["epoch"], row["inputs"])
         return self.retrieve(workflow_id)
 

@@ -336,5 +336,21 @@ def queues_resume(dsn: str | None, name: str) -> None:
         click.echo(f"{name}: active")
 
 
+def _give_every_option_an_env_var(command: click.Command) -> None:
+    """Every option is also settable as PGDURABLE_<OPTION> (shown in --help), unless it names
+    its own variable."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name not in ("help", "version"):
+            if not param.envvar:
+                param.envvar = f"PGDURABLE_{(param.name or '').upper()}"
+            param.show_envvar = True
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _give_every_option_an_env_var(sub)
+
+
+_give_every_option_an_env_var(main)
+
+
 if __name__ == "__main__":
     main()

@@ -39,7 +39,8 @@ class RetryPolicy:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.retries, int) or self.retries < 0:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) \
+                or self.retries < 0:
             raise InvalidArgument(f"retries must be an integer >= 0, not {self.retries!r}")
         for name in ("interval", "max_interval"):
             value = getattr(self, name)

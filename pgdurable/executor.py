@@ -103,7 +103,8 @@ class Executor:
         except (FencedError, WorkflowNotFound) as exc:
             log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
         except Exception:
-            # The run stays `running` and is taken over once its lease expires.
+            # The run stays `running`; no longer renewed, it is taken over once its lease
+            # expires.
             log.exception("workflow %s: execution stopped by an unexpected error", workflow_id)
 
     def _wait_for_commit(self, xact_id: str) -> bool:
@@ -131,10 +132,15 @@ class Executor:
     def _beat(self) -> None:
         period = self.app.heartbeat_seconds
         while not self._stop.wait(period):
+            with self._lock:
+                ids = list(self._running)
+            if not ids:
+                continue
             try:
                 self.app.db.fetch_one(
                     "heartbeat",
-                    {"owner": self.worker_id, "lease_seconds": self.app.lease_seconds},
+                    {"owner": self.worker_id, "ids": ids,
+                     "lease_seconds": self.app.lease_seconds},
                 )
             except Exception as exc:  # keep beating: the database may come back
                 log.warning("heartbeat failed: %s", exc)

@@ -83,7 +83,9 @@ class WorkflowHandle(Generic[R]):
         while True:
             info = self._try_info()
             if info is None and not self._may_still_appear():
-                raise WorkflowNotFound(self._missing_reason())
+                info = self._try_info()  # its transaction may have committed just now
+                if info is None:
+                    raise WorkflowNotFound(self._missing_reason())
             if info is not None and info.status in TERMINAL:
                 return self._outcome(info)
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -115,14 +117,22 @@ class WorkflowHandle(Generic[R]):
         row = self.app.db.fetch_one("get_workflow", {"id": self.workflow_id})
         return None if row is None else WorkflowInfo.model_validate(row)
 
-    def _may_still_appear(self) -> bool:
+    def _creating_xact_status(self) -> str | None:
         if self._created_in_xact is None:
-            return False
+            return None
         row = self.app.db.fetch_one("xact_status", {"xact_id": self._created_in_xact})
-        return row is not None and row["status"] in ("in progress", "committed")
+        return None if row is None else row["status"]
+
+    def _may_still_appear(self) -> bool:
+        """True while the transaction that created the run is still open."""
+        return self._creating_xact_status() == "in progress"
 
     def _missing_reason(self) -> str:
-        if self._created_in_xact is not None:
-            return (f"workflow {self.workflow_id!r} does not exist: the transaction that "
-                    "started it rolled back")
+        status = self._creating_xact_status()
+        if status == "in progress":
+            return (f"workflow {self.workflow_id!r} is not visible yet: the transaction that "
+                    "starts it has not committed")
+        if status is not None:
+            return (f"workflow {self.workflow_id!r} does not exist: the transaction (or "
+                    "savepoint) that started it rolled back")
         return f"workflow {self.workflow_id!r} does not exist"

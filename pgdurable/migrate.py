@@ -19,6 +19,7 @@ import psycopg
 
 from pgdurable.db import run_query
 from pgdurable.errors import SchemaError
+from pgdurable.queries import query
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
@@ -59,8 +60,17 @@ def latest_version() -> int:
 
 
 def full_sql() -> str:
-    """All migrations as one script, for teams that apply SQL with their own tool."""
-    parts = [f"-- {m.filename} (sha256 {m.sha256})\n{m.sql.rstrip()}\n" for m in available()]
+    """All migrations as one script, for teams that apply SQL with their own tool. It also
+    creates `pgdurable.migrations` and records each version, so pgdurable accepts the result
+    and a later `pgdurable migrate` continues from it."""
+    bootstrap = query("migrations_bootstrap")
+    parts = [f"-- pgdurable schema, version {latest_version()}\n{bootstrap};\n"]
+    for m in available():
+        parts.append(
+            f"-- {m.filename} (sha256 {m.sha256})\n{m.sql.rstrip()}\n"
+            f"insert into pgdurable.migrations (version, name, sha256) "
+            f"values ({m.version}, '{m.name}', '{m.sha256}') on conflict do nothing;\n"
+        )
     return "\n".join(parts)
 
 
@@ -115,10 +125,10 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
 
 def check_schema(conn: psycopg.Connection[Any]) -> None:
     """Refuse a database that is not migrated, behind, ahead, or has edited migrations."""
-    rows = run_query(conn, "schema_version")
-    version = rows[0]["version"] if rows else None
+    present = run_query(conn, "migrations_table_exists")[0]["present"]
+    version = run_query(conn, "schema_version")[0]["version"] if present else 0
     latest = latest_version()
-    if version is None or version == 0:
+    if version == 0:
         raise SchemaError("the database has no pgdurable schema: run `pgdurable migrate` first")
     if version > latest:
         raise SchemaError(

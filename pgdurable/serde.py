@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import inspect
+import math
 import traceback
 import typing
 from collections.abc import Callable
@@ -116,7 +117,7 @@ def encode(adapter: pydantic.TypeAdapter[Any], value: Any, what: str) -> JSON:
     """Validate `value` against the adapter's type and dump it to JSON-compatible data."""
     try:
         validated = adapter.validate_python(value)
-        return adapter.dump_python(validated, mode="json")
+        data = adapter.dump_python(validated, mode="json")
     except pydantic.ValidationError as exc:
         raise SerializationError(
             f"{what} is not a valid {_type_name(adapter)} "
@@ -126,6 +127,26 @@ def encode(adapter: pydantic.TypeAdapter[Any], value: Any, what: str) -> JSON:
         raise SerializationError(
             f"{what} cannot be stored as JSON (got {type(value).__name__}): {exc}"
         ) from None
+    problem = _unstorable(data)
+    if problem:
+        raise SerializationError(f"{what} cannot be stored in jsonb: {problem}")
+    return data
+
+
+def _unstorable(data: JSON) -> str | None:
+    """What jsonb refuses that JSON encoders let through: NaN/Infinity and NUL characters."""
+    if isinstance(data, float):
+        return None if math.isfinite(data) else f"{data} is not a JSON number"
+    if isinstance(data, str):
+        return "a string contains a NUL character (\\u0000)" if "\x00" in data else None
+    if isinstance(data, list):
+        return next((p for p in map(_unstorable, data) if p), None)
+    if isinstance(data, dict):
+        for key, item in data.items():
+            problem = _unstorable(key) or _unstorable(item)
+            if problem:
+                return problem
+    return None
 
 
 def decode(adapter: pydantic.TypeAdapter[Any], data: JSON, what: str) -> Any:
@@ -159,12 +180,16 @@ def error_record(exc: BaseException) -> dict[str, JSON]:
     )
     record: dict[str, JSON] = {
         "type": type_name,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "message": _storable_text(str(exc)),
+        "traceback": _storable_text("".join(traceback.format_exception(exc))),
     }
-    if _is_json(exc.args):
+    if _is_json(exc.args) and _unstorable(list(exc.args)) is None:
         record["args"] = list(exc.args)
     return record
+
+
+def _storable_text(text: str) -> str:
+    return text.replace("\x00", "\\x00")  # jsonb cannot hold NUL
 
 
 def rebuild_exception(record: dict[str, JSON]) -> BaseException:
@@ -173,25 +198,33 @@ def rebuild_exception(record: dict[str, JSON]) -> BaseException:
     Falls back to StepFailed when the type cannot be imported or constructed from its args.
     """
     cls = _import_exception_type(str(record.get("type", "")))
-    if cls is not None:
-        try:
-            return cls(*record.get("args", [record.get("message", "")]))
-        except Exception:
-            pass
-    return StepFailed(record)
+    if cls is None:
+        return StepFailed(record)
+    args = record.get("args", [record.get("message", "")])
+    try:
+        return cls(*args)
+    except Exception:
+        # A constructor with other parameters: build the instance without calling __init__,
+        # so the workflow still sees the recorded type (and its args / message).
+        exc = cls.__new__(cls, *args)
+        exc.args = tuple(args)
+        return exc
 
 
 def _import_exception_type(name: str) -> type[BaseException] | None:
-    module_name, _, qualname = name.rpartition(".")
-    try:
-        obj: Any = importlib.import_module(module_name) if module_name else builtins
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError):
-        # a dotted qualname (nested class) has a module prefix that rpartition split wrongly
+    """Find `module.Qual.Name`: the module is the longest importable dotted prefix."""
+    parts = name.split(".")
+    for split in range(len(parts) - 1, -1, -1):
+        module_name, qualname = ".".join(parts[:split]), parts[split:]
+        try:
+            obj: Any = importlib.import_module(module_name) if module_name else builtins
+            for part in qualname:
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            return obj
         return None
-    if isinstance(obj, type) and issubclass(obj, Exception):
-        return obj
     return None
 
 

@@ -21,9 +21,11 @@ select version, name, sha256 from pgdurable.migrations order by version
 -- name: migrations_record
 insert into pgdurable.migrations (version, name, sha256) values (%(version)s, %(name)s, %(sha256)s)
 
+-- name: migrations_table_exists
+select to_regclass('pgdurable.migrations') is not null as present
+
 -- name: schema_version
-select case when to_regclass('pgdurable.migrations') is null then null
-            else (select coalesce(max(version), 0) from pgdurable.migrations) end as version
+select coalesce(max(version), 0) as version from pgdurable.migrations
 
 -- name: start_workflow
 select id, name, status, epoch, inputs, started, xact_id
@@ -38,7 +40,7 @@ select id, name, status, epoch, inputs
   from pgdurable.resume(%(id)s, %(owner)s, %(lease_seconds)s)
 
 -- name: heartbeat
-select pgdurable.heartbeat(%(owner)s, %(lease_seconds)s) as renewed
+select pgdurable.heartbeat(%(owner)s, %(ids)s::text[], %(lease_seconds)s) as renewed
 
 -- name: load_steps
 select step_no, name, status, output, error from pgdurable.load_steps(%(id)s, %(epoch)s)

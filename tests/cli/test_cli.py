@@ -110,13 +110,6 @@ def test_an_unmigrated_database_is_a_one_line_error(empty_dsn: str, workdir: Pat
     one_line_error(cli("workflows", "list", "--dsn", empty_dsn, cwd=workdir))
 
 
-@pytest.mark.xfail(
-    reason="BUG: on an unmigrated database check_schema's `schema_version` query raises "
-    "UndefinedTable, so the CLI prints 'Error: UndefinedTable: relation "
-    "\"pgdurable.migrations\" does not exist' instead of telling the user to run "
-    "`pgdurable migrate`",
-    strict=True,
-)
 def test_an_unmigrated_database_says_run_migrate(empty_dsn: str, workdir: Path) -> None:
     line = one_line_error(cli("workflows", "list", "--dsn", empty_dsn, cwd=workdir))
     assert "pgdurable migrate" in line
@@ -329,10 +322,5 @@ def _options_without_env_var() -> list[str]:
     return missing
 
 
-@pytest.mark.xfail(
-    reason="BUG (DESIGN section 4): every CLI option should be settable by a PGDURABLE_* "
-    "environment variable shown in --help; only --dsn and the worker options show one",
-    strict=True,
-)
 def test_every_option_shows_an_env_var() -> None:
     assert _options_without_env_var() == []

@@ -60,8 +60,14 @@ def resume(conn: Conn, wid: str, owner: str, lease: float | None = 30.0) -> list
     return call(conn, "select * from pgdurable.resume(%s, %s, %s)", (wid, owner, lease))
 
 
-def heartbeat(conn: Conn, owner: str, lease: float | None = 30.0) -> int:
-    rows = call(conn, "select pgdurable.heartbeat(%s, %s) as n", (owner, lease))
+def heartbeat(
+    conn: Conn, owner: str, lease: float | None = 30.0, ids: list[str] | None = None
+) -> int:
+    """Renew `ids` (default: every run `owner` holds, as a worker executing all of them)."""
+    if ids is None:
+        ids = [r[0] for r in conn.execute(
+            "select id from pgdurable.workflows where owner = %s", (owner,)).fetchall()]
+    rows = call(conn, "select pgdurable.heartbeat(%s, %s, %s) as n", (owner, ids, lease))
     return int(rows[0]["n"])
 
 

@@ -237,11 +237,6 @@ def test_acquire_of_an_unknown_id_returns_nothing(conn: Conn) -> None:
     assert acquire(conn, "nope", "worker-b") == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: acquire() does not validate lease_seconds (PD006); <= 0 grants an already "
-    "expired lease, NULL a lease that never expires",
-    strict=True,
-)
 @pytest.mark.parametrize("lease", [0, -5, None])
 def test_acquire_with_lease_not_positive_is_pd006(conn: Conn, lease: float | None) -> None:
     conn.execute("insert into pgdurable.workflows (id, name) values ('p1', 'flow')")
@@ -310,12 +305,6 @@ def test_resume_of_an_unknown_id_is_pd004(conn: Conn) -> None:
         resume(conn, "nope", "worker-b")
 
 
-@pytest.mark.xfail(
-    reason="BUG: resume() keeps the 'failed' step that ended the run, so replay re-raises the "
-    "recorded error at once and a run that failed in a step can never be resumed (the step is "
-    "never run again, even after the cause is fixed)",
-    strict=True,
-)
 def test_resume_lets_the_step_that_failed_the_run_run_again(conn: Conn) -> None:
     start(conn)
     record(conn, "w1", 1, 0, "fetch", output=1)
@@ -326,9 +315,6 @@ def test_resume_lets_the_step_that_failed_the_run_run_again(conn: Conn) -> None:
     assert (again["status"], again["inserted"]) == ("done", True)
 
 
-@pytest.mark.xfail(
-    reason="BUG: resume() does not validate lease_seconds (PD006)", strict=True
-)
 def test_resume_with_lease_not_positive_is_pd006(conn: Conn) -> None:
     _failed_run_with_a_step(conn)
     with sqlstate("PD006"):
@@ -373,11 +359,6 @@ def test_heartbeat_of_a_superseded_owner_renews_nothing(conn: Conn) -> None:
     assert heartbeat(conn, "worker-c") == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: heartbeat() does not validate lease_seconds: a value <= 0 silently expires "
-    "every lease of the worker, NULL makes them never expire",
-    strict=True,
-)
 @pytest.mark.parametrize("lease", [0, -5, None])
 def test_heartbeat_with_lease_not_positive_is_pd006(conn: Conn, lease: float | None) -> None:
     start(conn)
@@ -451,11 +432,6 @@ def test_a_finished_run_refuses_further_writes(conn: Conn) -> None:
     assert workflow(conn, "w1")["status"] == "succeeded"
 
 
-@pytest.mark.xfail(
-    reason="BUG: check_epoch() lets a NULL epoch through (`v_attempt <> NULL` is NULL, not "
-    "true), so finish_workflow/load_steps with a NULL epoch bypass fencing",
-    strict=True,
-)
 def test_a_null_epoch_is_refused(conn: Conn) -> None:
     start(conn)
     try:
@@ -530,11 +506,6 @@ def test_record_step_with_an_invalid_status_is_pd006(conn: Conn, status: str) ->
     assert steps(conn, "w1") == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: record_step(p_status => NULL) passes the `not in ('done', 'failed')` check "
-    "(NULL) and fails later with 23502 not_null_violation instead of PD006",
-    strict=True,
-)
 def test_record_step_with_a_null_status_is_pd006(conn: Conn) -> None:
     start(conn)
     with sqlstate("PD006"):
@@ -637,11 +608,6 @@ def test_finish_with_an_invalid_status_is_pd006(conn: Conn, status: str) -> None
     assert workflow(conn, "w1")["status"] == "running"
 
 
-@pytest.mark.xfail(
-    reason="BUG: finish_workflow(p_status => NULL) passes the status check (NULL) and fails "
-    "with 23502 not_null_violation instead of PD006",
-    strict=True,
-)
 def test_finish_with_a_null_status_is_pd006(conn: Conn) -> None:
     start(conn)
     with sqlstate("PD006"):
@@ -728,3 +694,15 @@ def test_a_crashed_run_continues_from_its_checkpoints(conn: Conn) -> None:
 def test_inputs_default_shape(conn: Conn) -> None:
     conn.execute("insert into pgdurable.workflows (id, name) values ('p1', 'flow')")
     assert workflow(conn, "p1")["inputs"] == NO_INPUTS
+
+
+def test_heartbeat_renews_only_the_runs_it_lists(conn: Conn) -> None:
+    # A run whose execution ended without finishing is no longer listed by its worker: its lease
+    # runs out and another worker can take it over, though its old owner still lives.
+    start(conn, "a1", owner="worker-a")
+    start(conn, "a2", owner="worker-a")
+    set_now(conn, T0 + timedelta(seconds=20))
+    assert heartbeat(conn, "worker-a", 30, ids=["a1"]) == 1
+    set_now(conn, T0 + LEASE + timedelta(seconds=1))
+    assert acquire(conn, "a1", "worker-b") == []
+    assert [r["epoch"] for r in acquire(conn, "a2", "worker-b")] == [2]

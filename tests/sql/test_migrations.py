@@ -181,21 +181,13 @@ def test_a_newer_schema_is_refused(conn: Conn, dsn: str) -> None:
         app.list_workflows()
 
 
-UNMIGRATED_BUG = pytest.mark.xfail(
-    reason="BUG: queries.sql `schema_version` plans `select ... from pgdurable.migrations` "
-    "inside its CASE even when to_regclass() is NULL, so on a database without the schema it "
-    "raises psycopg UndefinedTable (42P01) instead of check_schema's SchemaError",
-    strict=True,
-)
 
 
-@UNMIGRATED_BUG
 def test_check_schema_refuses_an_unmigrated_database(empty: Conn) -> None:
     with pytest.raises(SchemaError, match="run `pgdurable migrate`"):
         migrate.check_schema(empty)
 
 
-@UNMIGRATED_BUG
 def test_app_refuses_an_unmigrated_database(empty_dsn: str, empty: Conn) -> None:
     with pgdurable.App(empty_dsn) as app, pytest.raises(SchemaError, match="pgdurable migrate"):
         app.list_workflows()
@@ -283,12 +275,6 @@ def test_full_sql_builds_the_same_schema_as_migrate(empty: Conn, conn: Conn) -> 
         conn, skip_tables=("migrations",))
 
 
-@pytest.mark.xfail(
-    reason="BUG: migrate.full_sql() (`pgdurable migrate --show-sql`) has no "
-    "pgdurable.migrations table or version rows, so a database built from it is refused by "
-    "check_schema ('run `pgdurable migrate`') and App cannot use it",
-    strict=True,
-)
 def test_a_database_built_from_full_sql_is_accepted(empty_dsn: str, empty: Conn) -> None:
     empty.execute(migrate.full_sql())
     migrate.check_schema(empty)

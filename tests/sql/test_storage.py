@@ -76,11 +76,6 @@ def _count(conn: Conn) -> int:
     return int(call(conn, "select count(*) as n from pgdurable.workflows")[0]["n"])
 
 
-@pytest.mark.xfail(
-    reason="BUG: a str argument containing U+0000 passes serde.encode and then fails in "
-    "PostgreSQL (22P05 untranslatable_character) as a raw psycopg error, not SerializationError",
-    strict=True,
-)
 def test_a_nul_character_in_an_argument_is_a_serialization_error(
     app: pgdurable.App, conn: Conn
 ) -> None:
@@ -95,11 +90,6 @@ def test_a_nul_character_in_an_argument_is_a_serialization_error(
         assert _count(conn) == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: float('nan') / float('inf') pass serde.encode (pydantic keeps them in "
-    "mode='json'), and PostgreSQL then rejects the 'NaN' token (22P02) as a raw psycopg error",
-    strict=True,
-)
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_float_argument_is_a_serialization_error(
     app: pgdurable.App, conn: Conn, value: float

@@ -81,11 +81,6 @@ def test_invalid_values_raise_invalid_argument(kwargs: dict[str, Any], message: 
         RetryPolicy(**kwargs)
 
 
-@pytest.mark.xfail(
-    reason="BUG: RetryPolicy accepts retries=True (bool is an int subclass); app.workflow() "
-    "refuses a bool max_attempts, RetryPolicy should refuse a bool retries the same way",
-    strict=True,
-)
 def test_a_bool_is_not_a_retry_count() -> None:
     with pytest.raises(errors.InvalidArgument):
         RetryPolicy(retries=True)

@@ -45,6 +45,10 @@ class TwoArgError(Exception):
         self.code = code
 
 
+# jsonb holds any text but NUL (serde refuses NUL with a SerializationError, tested elsewhere).
+JSONB_TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00"))
+
+
 def round_trip(fn: Any, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], tuple[Any, ...],
                                                               dict[str, Any]]:
     """Encode a call, push it through real JSON text, decode it."""
@@ -61,9 +65,9 @@ def round_trip(fn: Any, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], tupl
 def test_scalars_round_trip() -> None:
     def f(n: int, s: str, ok: bool, ratio: float, nothing: None) -> None: ...
 
-    encoded, args, kwargs = round_trip(f, 3, "é ☃ \x00", True, 0.1, None)
-    assert encoded == {"args": [3, "é ☃ \x00", True, 0.1, None], "kwargs": {}}
-    assert args == (3, "é ☃ \x00", True, 0.1, None)
+    encoded, args, kwargs = round_trip(f, 3, "é ☃ \t", True, 0.1, None)
+    assert encoded == {"args": [3, "é ☃ \t", True, 0.1, None], "kwargs": {}}
+    assert args == (3, "é ☃ \t", True, 0.1, None)
     assert kwargs == {}
 
 
@@ -161,8 +165,8 @@ def test_transaction_signature_skips_the_connection() -> None:
 
 @given(
     numbers=st.lists(st.integers()),
-    text=st.text(),
-    nested=st.lists(st.lists(st.integers() | st.text(), max_size=3), max_size=3),
+    text=JSONB_TEXT,
+    nested=st.lists(st.lists(st.integers() | JSONB_TEXT, max_size=3), max_size=3),
     named=st.dictionaries(st.text(min_size=1).filter(str.isidentifier), st.integers(),
                           max_size=3),
 )
@@ -177,7 +181,7 @@ def test_property_json_round_trip(numbers: list[int], text: str,
     assert kwargs == named
 
 
-@given(st.lists(st.integers() | st.text() | st.booleans() | st.none(), max_size=6))
+@given(st.lists(st.integers() | JSONB_TEXT | st.booleans() | st.none(), max_size=6))
 def test_property_results_round_trip(value: list[int | str | bool | None]) -> None:
     def f() -> list[int | str | bool | None]:
         raise NotImplementedError
@@ -322,14 +326,11 @@ def test_non_json_args_fall_back_to_the_message() -> None:
     assert str(rebuilt).startswith("<object object")
 
 
-def test_an_exception_that_cannot_be_rebuilt_becomes_step_failed() -> None:
+def test_an_exception_with_another_constructor_keeps_its_type() -> None:
     record = error_record(TwoArgError(404, "missing"))
     rebuilt = rebuild_exception(record)
-    assert isinstance(rebuilt, StepFailed)
-    assert rebuilt.type_name == f"{__name__}.TwoArgError"
-    assert rebuilt.message == "404: missing"
-    assert rebuilt.error == record
-    assert str(rebuilt) == f"{__name__}.TwoArgError: 404: missing"
+    assert type(rebuilt) is TwoArgError
+    assert str(rebuilt) == "404: missing"
 
 
 @pytest.mark.parametrize(
@@ -365,12 +366,6 @@ class Outer:
         pass
 
 
-@pytest.mark.xfail(
-    reason="BUG: error_record stores 'module.Outer.NestedError' and _import_exception_type "
-    "splits it at the last dot (module 'module.Outer'), so a nested exception class is never "
-    "rebuilt and replay raises StepFailed instead",
-    strict=True,
-)
 def test_a_nested_exception_class_round_trips() -> None:
     rebuilt = rebuild_exception(error_record(Outer.NestedError("nested")))
     assert type(rebuilt) is Outer.NestedError

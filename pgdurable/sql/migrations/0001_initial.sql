@@ -61,6 +61,17 @@ begin
 end
 $$;
 
+-- Leases must be positive and finite: 0 or less would grant an expired lease, NULL an endless one.
+create function pgdurable.check_lease(p_lease_seconds double precision) returns void
+language plpgsql as $$
+begin
+    if p_lease_seconds is null or p_lease_seconds <= 0 or p_lease_seconds = 'Infinity' then
+        perform pgdurable.raise_error('PD006', format('lease_seconds must be > 0, not %s',
+                                                     coalesce(p_lease_seconds::text, 'NULL')));
+    end if;
+end
+$$;
+
 -- Fencing check shared by every write of a running execution. Locks the workflow row in share
 -- mode so that a concurrent take-over (which updates `attempt`) waits for this transaction:
 -- a stale owner can never slip a write in beside its successor.
@@ -75,7 +86,7 @@ begin
     if not found then
         perform pgdurable.raise_error('PD004', format('workflow %L does not exist', p_id));
     end if;
-    if v_attempt <> p_epoch or v_status <> 'running' then
+    if p_epoch is null or v_attempt is distinct from p_epoch or v_status <> 'running' then
         perform pgdurable.raise_error('PD001', format(
             'workflow %L: execution epoch %s is stale (current epoch %s, status %s)',
             p_id, p_epoch, v_attempt, v_status),
@@ -98,9 +109,7 @@ declare
     v_row pgdurable.workflows;
     v_now timestamptz := pgdurable.now();
 begin
-    if p_lease_seconds is null or p_lease_seconds <= 0 then
-        perform pgdurable.raise_error('PD006', 'lease_seconds must be > 0');
-    end if;
+    perform pgdurable.check_lease(p_lease_seconds);
     insert into pgdurable.workflows as w
            (id, name, status, inputs, attempt, owner, lease_until, started_at, created_at,
             updated_at)
@@ -140,6 +149,7 @@ language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
+    perform pgdurable.check_lease(p_lease_seconds);
     return query
     update pgdurable.workflows w
        set status = 'running', attempt = w.attempt + 1, owner = p_owner,
@@ -149,6 +159,17 @@ begin
        and (w.status = 'pending' or (w.status = 'running' and w.lease_until < v_now))
     returning w.id, w.name, w.status, w.attempt, w.inputs;
 end
+$$;
+
+-- The step failures that ended a run (failed steps after its last successful one) are forgotten
+-- when the run is resumed or retried, so those steps run again instead of replaying the error.
+-- Earlier failures that the workflow caught and handled stay recorded, keeping replay faithful.
+create function pgdurable.forget_trailing_failures(p_id text) returns void
+language sql as $$
+    delete from pgdurable.steps s
+     where s.workflow_id = p_id and s.status = 'failed'
+       and s.step_no > coalesce((select max(d.step_no) from pgdurable.steps d
+                                  where d.workflow_id = p_id and d.status <> 'failed'), -1)
 $$;
 
 -- Operator resume: like acquire, and also restarts a failed or cancelled run from its
@@ -161,6 +182,7 @@ declare
     v_row pgdurable.workflows;
     v_now timestamptz := pgdurable.now();
 begin
+    perform pgdurable.check_lease(p_lease_seconds);
     select w.* into v_row from pgdurable.workflows w where w.id = p_id for update;
     if not found then
         perform pgdurable.raise_error('PD004', format('workflow %L does not exist', p_id));
@@ -169,20 +191,24 @@ begin
         update pgdurable.workflows w
            set status = 'pending', error = null, finished_at = null, updated_at = v_now
          where w.id = p_id;
+        perform pgdurable.forget_trailing_failures(p_id);
     end if;
     return query select * from pgdurable.acquire(p_id, p_owner, p_lease_seconds);
 end
 $$;
 
--- Renew the leases of every run a worker holds, in one statement. Returns how many it renewed.
-create function pgdurable.heartbeat(p_owner text, p_lease_seconds double precision)
+-- Renew the leases of the runs a worker is executing, in one statement: the runs it owns whose
+-- ids it lists (a run whose execution ended without finishing is not renewed, so it can be taken
+-- over). Returns how many it renewed.
+create function pgdurable.heartbeat(p_owner text, p_ids text[], p_lease_seconds double precision)
 returns integer language plpgsql as $$
 declare
     v_count integer;
 begin
+    perform pgdurable.check_lease(p_lease_seconds);
     update pgdurable.workflows
        set lease_until = pgdurable.now() + make_interval(secs => p_lease_seconds)
-     where owner = p_owner and status = 'running';
+     where owner = p_owner and status = 'running' and id = any(p_ids);
     get diagnostics v_count = row_count;
     return v_count;
 end
@@ -215,7 +241,7 @@ declare
     v_step pgdurable.steps;
     v_now  timestamptz := pgdurable.now();
 begin
-    if p_status not in ('done', 'failed') then
+    if p_status is null or p_status not in ('done', 'failed') then
         perform pgdurable.raise_error('PD006', format('step status must be done or failed, not %L',
                                                      p_status));
     end if;
@@ -287,7 +313,7 @@ returns void language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
-    if p_status not in ('succeeded', 'failed') then
+    if p_status is null or p_status not in ('succeeded', 'failed') then
         perform pgdurable.raise_error('PD006', format(
             'a run finishes as succeeded or failed, not %L', p_status));
     end if;

@@ -339,9 +339,7 @@ begin
     if p_max is null or p_max < 1 then
         return;
     end if;
-    if p_lease_seconds is null or p_lease_seconds <= 0 then
-        perform pgdurable.raise_error('PD006', 'lease_seconds must be > 0');
-    end if;
+    perform pgdurable.check_lease(p_lease_seconds);
     perform pgdurable.requeue_expired(p_queues, 100);
 
     for v_queue in
@@ -467,6 +465,9 @@ begin
            set status = 'pending', error = null, finished_at = null, failures = 0,
                owner = null, lease_until = null, available_at = v_now, updated_at = v_now
          where id = p_id;
+        if v_row.status = 'failed' then
+            perform pgdurable.forget_trailing_failures(p_id);
+        end if;
         perform pgdurable.make_ready(p_id);
         perform pgdurable.notify_queue(v_row.queue);
         return 'pending';
@@ -486,7 +487,7 @@ declare
     v_row  pgdurable.workflows;
     v_wait double precision;
 begin
-    if p_status not in ('succeeded', 'failed') then
+    if p_status is null or p_status not in ('succeeded', 'failed') then
         perform pgdurable.raise_error('PD006', format(
             'a run finishes as succeeded or failed, not %L', p_status));
     end if;
@@ -499,6 +500,7 @@ begin
                lease_until = null, available_at = v_now + make_interval(secs => v_wait),
                updated_at = v_now
          where id = p_id;
+        perform pgdurable.forget_trailing_failures(p_id);
         perform pgdurable.make_ready(p_id);
         return;
     end if;
@@ -557,6 +559,7 @@ language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
 begin
+    perform pgdurable.check_lease(p_lease_seconds);
     delete from pgdurable.ready r
      where r.workflow_id = p_id
        and exists (select 1 from pgdurable.workflows w
