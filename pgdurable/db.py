@@ -61,6 +61,11 @@ class Database:
         connect(self.dsn).close()
         self.pool.open(wait=True, timeout=30)
 
+    def ensure_pool_size(self, size: int) -> None:
+        """Grow the pool to at least `size` connections (a worker needs one per slot)."""
+        if self.pool.max_size < size:
+            self.pool.resize(self.pool.min_size, size)
+
     def close(self) -> None:
         self.pool.close()
 

@@ -88,6 +88,7 @@ class Worker:
         app = self.app
         app.db  # connect, check the schema, declare the queues  # noqa: B018
         executor = app.executor
+        app.db.ensure_pool_size(self.concurrency + 2)  # executions + claim + heartbeat
         if executor.max_threads < self.concurrency:
             raise InvalidArgument(
                 f"concurrency {self.concurrency} exceeds the App's max_threads "
@@ -100,10 +101,21 @@ class Worker:
         listener.start()
         log.info("worker %s serving %s with concurrency %d", executor.worker_id,
                  ", ".join(self.queues), self.concurrency)
+        # Claim in batches: with work in hand, wait until a quarter of the slots are free, so
+        # one claim round trip serves several runs instead of one per finished run.
+        batch = max(1, self.concurrency // 4)
+        next_sweep = 0.0
         while not self._stopping.is_set():
             self._wake.clear()  # before claiming, so a wake-up during the claim is kept
-            free = self.concurrency - self._active()
-            claimed = self._claim(free) if free > 0 else 0
+            if time.monotonic() >= next_sweep:
+                self._requeue_expired()
+                next_sweep = time.monotonic() + self.app.heartbeat_seconds
+            active = self._active()
+            free = self.concurrency - active
+            if free < batch and active > 0:
+                self._wake.wait(self.poll_interval)
+                continue
+            claimed = self._claim(free)
             if claimed and claimed == free:
                 continue  # more may be waiting: claim again as soon as slots free up
             if self.exit_when_idle and claimed == 0 and self._active() == 0:
@@ -116,6 +128,19 @@ class Worker:
     def _unknown_queues(self) -> list[str]:
         known = {row["name"] for row in self.app.db.fetch_all("queue_stats")}
         return [q for q in self.queues if q not in known]
+
+    def _requeue_expired(self) -> None:
+        """Put runs of our queues whose owner's lease expired back on the ready list, so they
+        are claimed (with a new epoch) like any other. Cheap and bounded; every worker does it
+        once per heartbeat period, so a dead worker's runs come back within about one lease."""
+        try:
+            row = self.app.db.fetch_one("requeue_expired", {"queues": self.queues, "limit": 100})
+        except (psycopg.OperationalError, OSError) as exc:
+            log.warning("requeue of expired runs failed (%s)", exc)
+            return
+        if row and row["requeued"]:
+            log.info("requeued %d runs whose lease expired", row["requeued"])
+            self._wake.set()
 
     def _active(self) -> int:
         with self._lock:

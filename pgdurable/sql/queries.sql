@@ -118,3 +118,6 @@ select pgdurable.requeue(%(id)s) as status
 
 -- name: listen
 listen pgdurable
+
+-- name: requeue_expired
+select pgdurable.requeue_expired(%(queues)s::text[], %(limit)s) as requeued

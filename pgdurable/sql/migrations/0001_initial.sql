@@ -38,7 +38,9 @@ create table pgdurable.workflows (
 
 -- Runs held by a worker, for one-statement heartbeats and for finding expired leases.
 create index workflows_running_owner on pgdurable.workflows (owner) where status = 'running';
-create index workflows_status_created on pgdurable.workflows (status, created_at);
+-- Listing, newest first. (No plain index on status: it would tempt the planner away from the
+-- primary key on the hot paths while statistics lag behind a fast-moving queue.)
+create index workflows_created on pgdurable.workflows (created_at);
 
 create table pgdurable.steps (
     workflow_id   text not null references pgdurable.workflows (id) on delete cascade,

@@ -49,7 +49,8 @@ create table pgdurable.ready (
     seq           bigint generated always as identity,
     partition_key text
 ) with (fillfactor = 100, autovacuum_vacuum_scale_factor = 0.01,
-        autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0);
+        autovacuum_vacuum_threshold = 1000, autovacuum_vacuum_cost_delay = 0,
+        autovacuum_analyze_scale_factor = 0.05);
 
 -- Lower priority number first, then FIFO (due time, then enqueue order).
 create index ready_claim on pgdurable.ready (queue, priority, available_at, seq);
@@ -323,7 +324,12 @@ create function pgdurable.claim(
     p_worker text, p_queues text[], p_max integer, p_lease_seconds double precision,
     p_names text[] default null)
 returns table (id text, name text, epoch integer, inputs jsonb, queue text, has_steps boolean)
-language plpgsql as $$
+language plpgsql
+-- The ready index already yields claim order; statistics of a fast-moving queue lag behind,
+-- and a stale estimate must not turn the claim into a bitmap scan plus sort of the backlog.
+set enable_sort = off
+set enable_bitmapscan = off
+as $$
 #variable_conflict use_column
 declare
     v_now       timestamptz := pgdurable.now();
@@ -340,7 +346,6 @@ begin
         return;
     end if;
     perform pgdurable.check_lease(p_lease_seconds);
-    perform pgdurable.requeue_expired(p_queues, 100);
 
     for v_queue in
         select q.* from pgdurable.queues q
@@ -491,9 +496,20 @@ begin
         perform pgdurable.raise_error('PD006', format(
             'a run finishes as succeeded or failed, not %L', p_status));
     end if;
+    if p_status = 'succeeded' then
+        -- The hot path: one fenced UPDATE (the row lock it takes orders it with take-overs).
+        update pgdurable.workflows
+           set status = 'succeeded', output = p_output, error = null, owner = null,
+               lease_until = null, finished_at = v_now, updated_at = v_now
+         where id = p_id and attempt = p_epoch and status = 'running';
+        if not found then
+            perform pgdurable.check_epoch(p_id, p_epoch);  -- raises the precise error
+        end if;
+        return;
+    end if;
     perform pgdurable.check_epoch(p_id, p_epoch);
     select w.* into v_row from pgdurable.workflows w where w.id = p_id;
-    if p_status = 'failed' and v_row.failures + 1 < v_row.max_attempts then
+    if v_row.failures + 1 < v_row.max_attempts then
         v_wait := least(v_row.retry_backoff * power(2, v_row.failures), 3600);
         update pgdurable.workflows
            set status = 'pending', error = p_error, failures = failures + 1, owner = null,
