@@ -336,6 +336,18 @@ def queues_resume(dsn: str | None, name: str) -> None:
         click.echo(f"{name}: active")
 
 
+def _add_bench_command() -> None:
+    """`pgdurable bench` lives in pgdurable/bench.py (scenarios, its own database)."""
+    try:
+        from pgdurable.bench import bench_command
+    except ImportError:  # the bench module is optional while it is being built
+        return
+    main.add_command(bench_command, "bench")
+
+
+_add_bench_command()
+
+
 def _give_every_option_an_env_var(command: click.Command) -> None:
     """Every option is also settable as PGDURABLE_<OPTION> (shown in --help), unless it names
     its own variable."""
