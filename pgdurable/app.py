@@ -14,6 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 import psycopg
 
 from pgdurable import migrate
+from pgdurable.completions import Completions
 from pgdurable.config import resolve_dsn
 from pgdurable.db import Database, jsonb
 from pgdurable.decorators import RetryPolicy, StepFunction, TransactionFunction, WorkflowFunction
@@ -95,6 +96,7 @@ class App:
         self._pool_size = pool_size
         self._db: Database | None = None
         self._executor: Executor | None = None
+        self._completions: Completions | None = None
         self._max_threads = max_threads
         self._open_lock = threading.Lock()
 
@@ -114,6 +116,16 @@ class App:
                 if self._db is None:
                     self._db = self._open()
         return self._db
+
+    @property
+    def completions(self) -> Completions:
+        """Group commit of finished runs (see completions.py)."""
+        if self._completions is None:
+            db = self.db
+            with self._open_lock:
+                if self._completions is None:
+                    self._completions = Completions(db)
+        return self._completions
 
     @property
     def executor(self) -> Executor:
@@ -143,6 +155,9 @@ class App:
         if self._executor is not None:
             self._executor.shutdown(wait=wait)
             self._executor = None
+        if self._completions is not None:
+            self._completions.close()
+            self._completions = None
         if self._db is not None:
             self._db.close()
             self._db = None

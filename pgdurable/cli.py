@@ -339,10 +339,10 @@ def queues_resume(dsn: str | None, name: str) -> None:
 def _add_bench_command() -> None:
     """`pgdurable bench` lives in pgdurable/bench.py (scenarios, its own database)."""
     try:
-        from pgdurable.bench import bench_command
+        bench = importlib.import_module("pgdurable.bench")
     except ImportError:  # the bench module is optional while it is being built
         return
-    main.add_command(bench_command, "bench")
+    main.add_command(bench.bench_command, "bench")
 
 
 _add_bench_command()

@@ -99,6 +99,12 @@ SQLSTATE_TO_EXCEPTION: dict[str, type[PgDurableError]] = {
 }
 
 
+def from_sqlstate(sqlstate: str, message: str) -> PgDurableError:
+    """The exception for an error reported as data (SQLSTATE and message), not raised."""
+    cls = SQLSTATE_TO_EXCEPTION.get(sqlstate, PgDurableError)
+    return cls(message if cls is not PgDurableError else f"{message} (SQLSTATE {sqlstate})")
+
+
 def translate(exc: psycopg.Error) -> Exception:
     """Map a database error to pgdurable's exception for its SQLSTATE (or return it as is)."""
     cls = SQLSTATE_TO_EXCEPTION.get(exc.sqlstate or "")

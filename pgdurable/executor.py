@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from pgdurable import context
 from pgdurable.context import RecordedStep, WorkflowContext
-from pgdurable.db import jsonb
 from pgdurable.errors import FencedError, WorkflowNotFound
 from pgdurable.serde import error_record
 
@@ -184,8 +183,4 @@ def execute(
 def _finish(
     app: App, workflow_id: str, epoch: int, status: str, output: Any, error: Any
 ) -> None:
-    app.db.fetch_one(
-        "finish_workflow",
-        {"id": workflow_id, "epoch": epoch, "status": status, "output": jsonb(output),
-         "error": jsonb(error)},
-    )
+    app.completions.finish(workflow_id, epoch, status, output, error)

@@ -54,9 +54,6 @@ select status, output, error, inserted
   from pgdurable.record_step(%(id)s, %(epoch)s, %(step_no)s, %(name)s, %(status)s,
                              %(output)s, %(error)s)
 
--- name: finish_workflow
-select pgdurable.finish_workflow(%(id)s, %(epoch)s, %(status)s, %(output)s, %(error)s)
-
 -- name: cancel
 select pgdurable.cancel(%(id)s) as status
 
@@ -121,3 +118,8 @@ listen pgdurable
 
 -- name: requeue_expired
 select pgdurable.requeue_expired(%(queues)s::text[], %(limit)s) as requeued
+
+-- name: finish_many
+select id, sqlstate, message
+  from pgdurable.finish_many(%(ids)s::text[], %(epochs)s::integer[], %(statuses)s::text[],
+                             %(outputs)s::jsonb[], %(errors)s::jsonb[])

@@ -590,3 +590,45 @@ begin
     returning w.id, w.name, w.status, w.attempt, w.inputs;
 end
 $$;
+
+-- Finish many runs in one call (group commit: the executions of one process share a commit).
+-- Successes take one set-based UPDATE; failures and anything the fast path could not finish go
+-- through finish_workflow one by one. Returns one row per run that could not be finished, with
+-- the SQLSTATE and message of the error (e.g. PD001 when fenced); the others succeeded.
+create function pgdurable.finish_many(
+    p_ids text[], p_epochs integer[], p_statuses text[], p_outputs jsonb[], p_errors jsonb[])
+returns table (id text, sqlstate text, message text)
+language plpgsql as $$
+#variable_conflict use_column
+declare
+    v_now  timestamptz := pgdurable.now();
+    v_done text[];
+    v_item record;
+begin
+    with finished as (
+        update pgdurable.workflows w
+           set status = 'succeeded', output = i.output, error = null, owner = null,
+               lease_until = null, finished_at = v_now, updated_at = v_now
+          from unnest(p_ids, p_epochs, p_statuses, p_outputs)
+               as i(id, epoch, status, output)
+         where i.status = 'succeeded' and w.id = i.id and w.attempt = i.epoch
+           and w.status = 'running'
+        returning w.id
+    )
+    select coalesce(array_agg(f.id), array[]::text[]) into v_done from finished f;
+
+    for v_item in
+        select i.id, i.epoch, i.status, i.output, i.error
+          from unnest(p_ids, p_epochs, p_statuses, p_outputs, p_errors)
+               as i(id, epoch, status, output, error)
+         where not (i.id = any(v_done))
+    loop
+        begin
+            perform pgdurable.finish_workflow(v_item.id, v_item.epoch, v_item.status,
+                                              v_item.output, v_item.error);
+        exception when others then
+            return query select v_item.id, sqlstate::text, sqlerrm;
+        end;
+    end loop;
+end
+$$;
