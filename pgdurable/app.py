@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import threading
@@ -53,7 +54,12 @@ class Registry:
     )
     queues: dict[str, Queue] = field(default_factory=dict)
 
-    def claim_name(self, name: str, kind: str) -> None:
+    def claim_name(self, name: str, kind: str, fn: Callable[..., Any] | None = None) -> None:
+        if fn is not None and (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
+            raise RegistrationError(
+                f"{kind} {name!r} is an async function: pgdurable runs plain functions only "
+                "for now (call your async code with asyncio.run inside a plain step)"
+            )
         if name in self.workflows or name in self.steps:
             raise RegistrationError(
                 f"{kind} name {name!r} is already registered; pass name=... to tell them apart"
@@ -187,7 +193,7 @@ class App:
 
         def register(fn: Callable[P, R]) -> WorkflowFunction[P, R]:
             wf_name = name or default_name(fn)
-            self.registry.claim_name(wf_name, "workflow")
+            self.registry.claim_name(wf_name, "workflow", fn)
             wf = WorkflowFunction(self, fn, wf_name, max_attempts=max_attempts,
                                   retry_backoff=retry_backoff)
             self.registry.workflows[wf_name] = wf
@@ -216,7 +222,7 @@ class App:
 
         def register(fn: Callable[P, R]) -> StepFunction[P, R]:
             step_name = name or default_name(fn)
-            self.registry.claim_name(step_name, "step")
+            self.registry.claim_name(step_name, "step", fn)
             step = StepFunction(self, fn, step_name, policy, at_most_once)
             self.registry.steps[step_name] = step
             return step
@@ -244,7 +250,7 @@ class App:
             fn: Callable[Concatenate[psycopg.Connection[Any], P], R],
         ) -> TransactionFunction[P, R]:
             step_name = name or default_name(fn)
-            self.registry.claim_name(step_name, "transaction")
+            self.registry.claim_name(step_name, "transaction", fn)
             step = TransactionFunction(self, fn, step_name, policy)
             self.registry.steps[step_name] = step
             return step
@@ -386,6 +392,20 @@ class App:
         if row is not None:
             self.executor.submit(wf, workflow_id, row["epoch"], row["inputs"])
         return self.retrieve(workflow_id)
+
+    def take_over(self, workflow_id: str) -> bool:
+        """Continue a run here if its owner's lease expired (or it is pending). Returns whether
+        this process took it; the SQL decides atomically, so racing processes cannot both."""
+        row = self.db.fetch_one(
+            "acquire",
+            {"id": workflow_id, "owner": self.executor.worker_id,
+             "lease_seconds": self.lease_seconds},
+        )
+        if row is None:
+            return False
+        self.executor.submit(self.resolve(str(row["name"])), workflow_id, row["epoch"],
+                             row["inputs"])
+        return True
 
     def cancel(self, workflow_id: str) -> str:
         """Cancel a run that has not finished; its execution stops at its next checkpoint.

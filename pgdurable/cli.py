@@ -225,6 +225,13 @@ def workflows_resume(dsn: str | None, app_path: str | None, wait: bool, workflow
                 click.echo(f"{workflow_id}: {app.requeue(workflow_id)}")
                 return
             handle = app.resume(workflow_id)
+            info = handle.info()
+            if info.status == "running" and info.owner != app.executor.worker_id:
+                raise click.ClickException(
+                    f"{workflow_id} is running, owned by {info.owner} until "
+                    f"{info.lease_until:%H:%M:%S %Z}: not resumed (try again once its lease "
+                    "expires)"
+                )
             if wait:
                 try:
                     handle.result()

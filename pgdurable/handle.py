@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent import futures
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pydantic
@@ -88,6 +88,8 @@ class WorkflowHandle(Generic[R]):
                     raise WorkflowNotFound(self._missing_reason())
             if info is not None and info.status in TERMINAL:
                 return self._outcome(info)
+            if info is not None and self._owner_gone(info):
+                self.app.take_over(self.workflow_id)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 state = info.status if info else "not yet committed"
@@ -102,6 +104,13 @@ class WorkflowHandle(Generic[R]):
             else:
                 time.sleep(wait)
             delay = min(delay * 2, 0.25)
+
+    def _owner_gone(self, info: WorkflowInfo) -> bool:
+        """A running run whose owner's lease expired, which this App can continue: waiting
+        for it, we take it over (recovery is lease expiry, whoever notices it first)."""
+        return (info.status == "running" and info.lease_until is not None
+                and info.lease_until < datetime.now(UTC)
+                and info.name in self.app.registry.workflows)
 
     def _outcome(self, info: WorkflowInfo) -> R:
         if info.status == "succeeded":

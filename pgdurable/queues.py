@@ -45,6 +45,16 @@ def _positive(name: str, value: int | None) -> int | None:
     return value
 
 
+def _check_priority(priority: int) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidArgument(f"priority must be an integer, not {priority!r}")
+
+
+def _check_key(name: str, key: str | None) -> None:
+    if key is not None and (not isinstance(key, str) or not key):
+        raise InvalidArgument(f"{name} must be a non-empty string or None, not {key!r}")
+
+
 def _seconds(name: str, value: float | timedelta) -> float:
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
@@ -124,10 +134,11 @@ class Queue:
         """
         wf = self.app.resolve(fn)
         inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidArgument(f"priority must be an integer, not {priority!r}")
+        _check_priority(priority)
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
+        _check_key("dedup_key", dedup_key)
+        _check_key("partition_key", partition_key)
         row = self.app.db.fetch_one(
             "enqueue",
             {"queue": self.name, "name": wf.name, "inputs": jsonb(inputs), "id": workflow_id,
@@ -155,6 +166,8 @@ class Queue:
         """Queue one run per item of `args_list` (each a sequence of positional arguments) in
         one round trip. Every item is validated before anything is written."""
         wf = self.app.resolve(fn)
+        _check_priority(priority)
+        _check_key("partition_key", partition_key)
         inputs = []
         for index, item in enumerate(args_list):
             if isinstance(item, str | bytes) or not isinstance(item, Sequence):

@@ -99,7 +99,14 @@ class Worker:
             raise InvalidArgument(f"unknown queue(s): {', '.join(unknown)}")
         listener = threading.Thread(target=self._listen, name="pgdurable-listen", daemon=True)
         listener.start()
-        log.info("worker %s serving %s with concurrency %d", executor.worker_id,
+        try:
+            self._serve()
+        finally:
+            self._stopping.set()  # also ends the listener when we return on idle
+            listener.join(timeout=5)
+
+    def _serve(self) -> None:
+        log.info("worker %s serving %s with concurrency %d", self.app.executor.worker_id,
                  ", ".join(self.queues), self.concurrency)
         # Claim in batches: with work in hand, wait until a quarter of the slots are free, so
         # one claim round trip serves several runs instead of one per finished run.
@@ -115,10 +122,11 @@ class Worker:
             if free < batch and active > 0:
                 self._wake.wait(self.poll_interval)
                 continue
-            claimed = self._claim(free)
+            idle_before_claim = active == 0  # read first: a run ending during the claim may
+            claimed = self._claim(free)      # have put a retry back on the queue
             if claimed and claimed == free:
                 continue  # more may be waiting: claim again as soon as slots free up
-            if self.exit_when_idle and claimed == 0 and self._active() == 0:
+            if self.exit_when_idle and claimed == 0 and idle_before_claim:
                 break
             self._wake.wait(self.poll_interval)
         self._drain()

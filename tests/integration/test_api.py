@@ -220,12 +220,6 @@ def test_resume_restarts_a_failed_run_from_its_checkpoints(
     assert (info.status, info.attempt, info.error) == ("succeeded", 2, None)
 
 
-@pytest.mark.xfail(
-    reason="BUG: pgdurable.forget_trailing_failures (run by resume) deletes every failed step "
-    "after the last successful one, including failures the workflow caught and handled, so "
-    "resume re-runs them",
-    strict=True, raises=AssertionError,
-)
 def test_resume_reruns_the_failing_step_but_replays_handled_failures(
     app: pgdurable.App, conn: Conn
 ) -> None:

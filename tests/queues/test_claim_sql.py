@@ -257,10 +257,6 @@ def test_partition_concurrency_counts_runs_claimed_in_earlier_claims(conn: Conn)
     assert claim_ids(conn, "w3", "q", 5) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: claim counts a key's runs claimed earlier in the same batch twice (they are already "
-    "'running' in workflows AND listed in v_parts), so one claim takes only "
-    "ceil(partition_concurrency / 2) runs of a key: 1 when the limit is 2"))
 def test_partition_concurrency_is_reached_within_one_batch(conn: Conn) -> None:
     declare(conn, "q", partition_concurrency=2)
     for i in range(4):
@@ -370,10 +366,6 @@ def test_a_run_whose_deadline_passed_is_cancelled_instead_of_claimed(conn: Conn)
     assert claim_ids(conn, "w1", "q", 10) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: claim's candidate query is LIMITed to the free slots before deadline-expired runs "
-    "are cancelled, so expired runs use up the batch and a claimable run behind them is not "
-    "handed out (claim returns nothing although work is ready)"))
 def test_expired_runs_do_not_use_up_the_batch(conn: Conn) -> None:
     declare(conn, "q")
     enqueue(conn, "q", id="expired", deadline=at(1))
@@ -382,10 +374,6 @@ def test_expired_runs_do_not_use_up_the_batch(conn: Conn) -> None:
     assert claim_ids(conn, "w1", "q", 1) == ["fine"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the deadline is checked on every claim, so a run that did start before its deadline "
-    "and is claimed again (released at shutdown, lease expired, retried) is cancelled with "
-    "'deadline passed before the run started'"))
 def test_a_run_that_started_before_its_deadline_is_not_cancelled_when_reclaimed(
     conn: Conn,
 ) -> None:
@@ -537,10 +525,6 @@ def test_requeue_of_cancelled_abandoned_and_other_runs(conn: Conn) -> None:
         requeue(conn, "ghost")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: requeue of a run whose dedup_key is now held by a live duplicate violates the "
-    "unique index workflows_live_dedup and surfaces a raw unique_violation (23505) instead of "
-    "a pgdurable domain error (PDxxx)"))
 def test_requeue_with_a_live_dedup_duplicate_raises_a_domain_error(conn: Conn) -> None:
     declare(conn, "q")
     enqueue(conn, "q", id="r1", dedup_key="K")
@@ -702,9 +686,6 @@ def test_enqueue_refuses_bad_options_with_pd006(conn: Conn) -> None:
     assert count(conn, "pgdurable.workflows") == 0 and count(conn, "pgdurable.ready") == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: check_enqueue_options lets NaN and Infinity delays through (NaN < 0 is false); the "
-    "insert then fails with a raw 'interval out of range' (22008) instead of PD006"))
 @pytest.mark.parametrize("delay", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_enqueue_refuses_non_finite_delays_with_pd006(conn: Conn, delay: float) -> None:
     declare(conn, "q")
@@ -735,10 +716,6 @@ def test_declare_queue_refuses_bad_limits_with_pd006(conn: Conn) -> None:
     assert [(r["name"], r["concurrency"]) for r in rows] == [("default", None), ("q", 3)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: declare_queue accepts a NaN or Infinity rate period (coalesce(p, 1) <= 0 is false "
-    "and the check constraint passes); every later claim that includes that queue then fails "
-    "with 'interval out of range', so a worker serving it claims nothing from any queue"))
 @pytest.mark.parametrize("period", [float("nan"), float("inf")], ids=["nan", "inf"])
 def test_declare_queue_refuses_non_finite_rate_periods(conn: Conn, period: float) -> None:
     with sqlstate("PD006", conn):
@@ -795,9 +772,6 @@ def test_enqueue_many_refuses_mismatched_ids(conn: Conn) -> None:
     assert count(conn, "pgdurable.workflows") == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: enqueue_many returns an existing id that belongs to a different workflow as if it "
-    "were the requested run; enqueue raises PD002 for the same input"))
 def test_enqueue_many_with_an_id_of_another_workflow_is_pd002(conn: Conn) -> None:
     declare(conn, "q")
     enqueue(conn, "q", "mod.a", id="x")

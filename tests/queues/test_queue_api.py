@@ -38,7 +38,7 @@ def drain(app: pgdurable.App, *queues: str, concurrency: int = 4) -> Worker:
     worker = Worker(app, queues=list(queues) or None, concurrency=concurrency,
                     poll_interval=0.02, exit_when_idle=True)
     worker.run()
-    worker.stop()  # ends its LISTEN thread, which run() leaves running (see the xfail below)
+    worker.stop()
     return worker
 
 
@@ -172,10 +172,6 @@ def test_bad_arguments_fail_at_enqueue_and_write_nothing(conn: Conn, app: pgdura
     assert nothing_written(conn)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Queue.enqueue does not check dedup_key / partition_key and Queue.enqueue_many does "
-    "not check priority: a non-string key or non-integer priority reaches psycopg and fails "
-    "with a raw UndefinedFunction / InvalidTextRepresentation instead of InvalidArgument"))
 def test_bad_keys_and_priorities_are_invalid_arguments(conn: Conn, app: pgdurable.App) -> None:
     q = app.queue("q")
 
@@ -534,9 +530,6 @@ def listeners(conn: Conn) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Worker.run() returning on exit_when_idle does not stop its LISTEN thread (only "
-    "stop() sets _stopping), so the thread and its connection live on and reconnect forever"))
 def test_a_worker_that_returned_leaves_no_listener_behind(conn: Conn, app: pgdurable.App
                                                           ) -> None:
     app.queue("q")
@@ -571,10 +564,6 @@ class SlowClaimWorker(Worker):
         return claimed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Worker.run with exit_when_idle checks _active() == 0 after a claim returned 0; a run "
-    "that finished in between (and was requeued for a retry, immediately claimable with "
-    "retry_backoff=0) is missed and the worker exits with claimable work left"))
 def test_exit_when_idle_does_not_leave_a_retry_behind(conn: Conn, app: pgdurable.App) -> None:
     q = app.queue("q")
     attempts: list[float] = []

@@ -163,15 +163,17 @@ begin
 end
 $$;
 
--- The step failures that ended a run (failed steps after its last successful one) are forgotten
--- when the run is resumed or retried, so those steps run again instead of replaying the error.
--- Earlier failures that the workflow caught and handled stay recorded, keeping replay faithful.
-create function pgdurable.forget_trailing_failures(p_id text) returns void
+-- The step failure that ended a run is forgotten when the run is resumed or retried, so that
+-- step runs again instead of replaying its error. It is the last recorded step, failed with the
+-- same error (type and message) as the run. Failures the workflow caught and handled stay
+-- recorded, keeping replay faithful.
+create function pgdurable.forget_ending_failure(p_id text, p_run_error jsonb) returns void
 language sql as $$
     delete from pgdurable.steps s
      where s.workflow_id = p_id and s.status = 'failed'
-       and s.step_no > coalesce((select max(d.step_no) from pgdurable.steps d
-                                  where d.workflow_id = p_id and d.status <> 'failed'), -1)
+       and s.step_no = (select max(l.step_no) from pgdurable.steps l where l.workflow_id = p_id)
+       and s.error ->> 'type' is not distinct from p_run_error ->> 'type'
+       and s.error ->> 'message' is not distinct from p_run_error ->> 'message'
 $$;
 
 -- Operator resume: like acquire, and also restarts a failed or cancelled run from its
@@ -193,7 +195,7 @@ begin
         update pgdurable.workflows w
            set status = 'pending', error = null, finished_at = null, updated_at = v_now
          where w.id = p_id;
-        perform pgdurable.forget_trailing_failures(p_id);
+        perform pgdurable.forget_ending_failure(p_id, v_row.error);
     end if;
     return query select * from pgdurable.acquire(p_id, p_owner, p_lease_seconds);
 end

@@ -11,7 +11,8 @@ create table pgdurable.queues (
     concurrency           integer check (concurrency > 0),          -- across all workers
     worker_concurrency    integer check (worker_concurrency > 0),   -- per worker process
     rate_limit            integer check (rate_limit > 0),           -- starts per window ...
-    rate_period_seconds   double precision check (rate_period_seconds > 0),  -- ... of this size
+    rate_period_seconds   double precision                          -- ... of this size
+                          check (rate_period_seconds > 0 and rate_period_seconds < 'Infinity'),
     partition_concurrency integer check (partition_concurrency > 0),  -- per partition key
     paused                boolean not null default false,
     updated_at            timestamptz not null default pgdurable.now(),
@@ -79,7 +80,8 @@ begin
     end if;
     if coalesce(p_concurrency, 1) < 1 or coalesce(p_worker_concurrency, 1) < 1
        or coalesce(p_partition_concurrency, 1) < 1 or coalesce(p_rate_limit, 1) < 1
-       or coalesce(p_rate_period_seconds, 1) <= 0 then
+       or coalesce(p_rate_period_seconds, 1) <= 0
+       or coalesce(p_rate_period_seconds, 1) >= 'Infinity' then  -- NaN sorts above Infinity
         perform pgdurable.raise_error('PD006', format(
             'queue %L: limits must be positive (concurrency %s, worker_concurrency %s, '
             'rate_limit %s per %s s, partition_concurrency %s)', p_name, p_concurrency,
@@ -152,14 +154,15 @@ begin
     if p_name is null or p_name = '' then
         perform pgdurable.raise_error('PD006', 'a workflow name is required');
     end if;
-    if p_delay_seconds is null or p_delay_seconds < 0 then
+    -- 'NaN' sorts above 'Infinity' in PostgreSQL, so `>= 'Infinity'` refuses both.
+    if p_delay_seconds is null or p_delay_seconds < 0 or p_delay_seconds >= 'Infinity' then
         perform pgdurable.raise_error('PD006', format('delay must be >= 0, not %s', p_delay_seconds));
     end if;
     if p_max_attempts is null or p_max_attempts < 1 then
         perform pgdurable.raise_error('PD006', format('max_attempts must be >= 1, not %s',
                                                      p_max_attempts));
     end if;
-    if p_retry_backoff is null or p_retry_backoff < 0 then
+    if p_retry_backoff is null or p_retry_backoff < 0 or p_retry_backoff >= 'Infinity' then
         perform pgdurable.raise_error('PD006', format('retry_backoff must be >= 0, not %s',
                                                      p_retry_backoff));
     end if;
@@ -249,6 +252,7 @@ returns table (id text) language plpgsql as $$
 declare
     v_now timestamptz := pgdurable.now();
     v_available timestamptz;
+    v_clash record;
 begin
     perform pgdurable.check_enqueue_options(p_queue, p_name, p_delay_seconds, p_max_attempts,
                                             p_retry_backoff);
@@ -278,6 +282,16 @@ begin
           from inserted ins
     )
     select i.id from input i order by i.ord;
+    if p_ids is not null then
+        select w.id, w.name into v_clash from pgdurable.workflows w
+         where w.id = any(p_ids) and w.name <> p_name limit 1;
+        if found then
+            perform pgdurable.raise_error('PD002', format(
+                'workflow id %L already belongs to workflow %L, not %L', v_clash.id,
+                v_clash.name, p_name),
+                'choose other workflow ids, or enqueue the same workflow function');
+        end if;
+    end if;
     if p_delay_seconds = 0 and cardinality(p_inputs) > 0 then
         perform pgdurable.notify_queue(p_queue);
     end if;
@@ -339,7 +353,6 @@ declare
     v_limited   boolean;
     v_cand      record;
     v_row       pgdurable.workflows;
-    v_parts     text[];
     v_running   integer;
 begin
     if p_max is null or p_max < 1 then
@@ -381,23 +394,22 @@ begin
         end if;
         continue when v_allow <= 0;
 
-        v_parts := array[]::text[];
+        -- No LIMIT: candidates skipped for their partition or cancelled for their deadline must
+        -- not use up the batch; the loop stops once the slots are filled.
         for v_cand in
             select r.workflow_id, r.partition_key from pgdurable.ready r
              where r.queue = v_queue.name and r.available_at <= v_now
                and (p_names is null or r.name = any(p_names))
              order by r.priority, r.available_at, r.seq
-             limit case when v_queue.partition_concurrency is null then v_allow end
              for update skip locked
         loop
             exit when v_allow <= 0;
             if v_queue.partition_concurrency is not null and v_cand.partition_key is not null then
+                -- Runs claimed earlier in this call are already `running` in our transaction.
                 select count(*) into v_running from pgdurable.workflows w
                  where w.queue = v_queue.name and w.partition_key = v_cand.partition_key
                    and w.status = 'running';
-                continue when v_running + coalesce(cardinality(
-                    array_positions(v_parts, v_cand.partition_key)), 0)
-                    >= v_queue.partition_concurrency;
+                continue when v_running >= v_queue.partition_concurrency;
             end if;
             delete from pgdurable.ready r where r.workflow_id = v_cand.workflow_id;
             update pgdurable.workflows w
@@ -407,7 +419,9 @@ begin
              where w.id = v_cand.workflow_id and w.status = 'pending'
             returning w.* into v_row;
             continue when not found;  -- a stale ready row: the run moved on meanwhile
-            if v_row.deadline is not null and v_row.deadline < v_now then
+            -- The deadline applies to the first start only (started_at was unset until now).
+            if v_row.deadline is not null and v_row.deadline < v_now
+               and v_row.started_at = v_now then
                 update pgdurable.workflows w
                    set status = 'cancelled', owner = null, lease_until = null,
                        finished_at = v_now,
@@ -423,7 +437,6 @@ begin
                 insert into pgdurable.queue_starts (queue, started_at)
                 values (v_queue.name, v_now);
             end if;
-            v_parts := v_parts || v_cand.partition_key;
             v_allow := v_allow - 1;
             v_left := v_left - 1;
             return query select v_row.id, v_row.name, v_row.attempt, v_row.inputs, v_row.queue,
@@ -466,12 +479,20 @@ begin
     end if;
     if v_row.status in ('failed', 'cancelled')
        or (v_row.status = 'running' and v_row.lease_until < v_now) then
+        if v_row.dedup_key is not null and exists (
+            select 1 from pgdurable.workflows w
+             where w.queue = v_row.queue and w.dedup_key = v_row.dedup_key and w.id <> p_id
+               and w.status in ('pending', 'running')) then
+            perform pgdurable.raise_error('PD005', format(
+                'workflow %L cannot go back on queue %L: run with the same dedup key %L is live',
+                p_id, v_row.queue, v_row.dedup_key));
+        end if;
         update pgdurable.workflows
            set status = 'pending', error = null, finished_at = null, failures = 0,
                owner = null, lease_until = null, available_at = v_now, updated_at = v_now
          where id = p_id;
         if v_row.status = 'failed' then
-            perform pgdurable.forget_trailing_failures(p_id);
+            perform pgdurable.forget_ending_failure(p_id, v_row.error);
         end if;
         perform pgdurable.make_ready(p_id);
         perform pgdurable.notify_queue(v_row.queue);
@@ -516,8 +537,11 @@ begin
                lease_until = null, available_at = v_now + make_interval(secs => v_wait),
                updated_at = v_now
          where id = p_id;
-        perform pgdurable.forget_trailing_failures(p_id);
+        perform pgdurable.forget_ending_failure(p_id, p_error);
         perform pgdurable.make_ready(p_id);
+        if v_wait = 0 then
+            perform pgdurable.notify_queue(v_row.queue);
+        end if;
         return;
     end if;
     update pgdurable.workflows
@@ -613,9 +637,16 @@ begin
                as i(id, epoch, status, output)
          where i.status = 'succeeded' and w.id = i.id and w.attempt = i.epoch
            and w.status = 'running'
-        returning w.id
+        returning w.id, w.queue
+    ), freed as (
+        -- A finished run frees a slot of a concurrency-limited queue: wake the workers that
+        -- may be waiting for it (one notification per queue and transaction).
+        select pgdurable.notify_queue(q.name)
+          from pgdurable.queues q
+         where q.concurrency is not null and q.name in (select f.queue from finished f)
     )
-    select coalesce(array_agg(f.id), array[]::text[]) into v_done from finished f;
+    select coalesce(array_agg(f.id), array[]::text[]) into v_done
+      from finished f, (select count(*) from freed) n;
 
     for v_item in
         select i.id, i.epoch, i.status, i.output, i.error

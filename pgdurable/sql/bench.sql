@@ -1,0 +1,184 @@
+-- The statements of `pgdurable bench` (pgdurable/bench*.py). Same format as queries.sql: each
+-- block starts with `-- name: <name>`. Everything here runs in the bench's own throw-away
+-- database; the `bench` schema holds the raw-SQL yardstick and the rows the bench workflows
+-- write, never anything of the user's.
+
+-- name: create_tables
+create schema bench;
+-- The baseline's job table: the same lifecycle columns as pgdurable.workflows, nothing else.
+create table bench.jobs (
+    id          bigint generated always as identity primary key,
+    payload     jsonb not null,
+    status      text not null default 'pending',
+    created_at  timestamptz not null default clock_timestamp(),
+    started_at  timestamptz,
+    finished_at timestamptz
+) with (fillfactor = 80);
+-- The baseline's small claim table: a claim deletes from it, like pgdurable.ready.
+create table bench.ready (
+    job_id bigint primary key
+) with (fillfactor = 100);
+-- Written by the `transaction` scenario's @app.transaction step.
+create table bench.tx_rows (
+    id      bigint generated always as identity primary key,
+    payload text not null
+);
+-- Written by the raw one-commit-per-step loop of the `direct` scenario.
+create table bench.step_rows (
+    id      bigint generated always as identity primary key,
+    step_no integer not null,
+    payload text not null
+);
+
+-- name: reset
+-- Between measurements: empty every table a scenario writes (cascade reaches the steps and any
+-- other table that references workflows).
+truncate pgdurable.workflows, pgdurable.ready, pgdurable.queue_starts,
+         bench.jobs, bench.ready, bench.tx_rows, bench.step_rows cascade
+
+-- name: checkpoint
+-- Needs superuser or pg_checkpoint (PostgreSQL 15+); the bench skips it without.
+checkpoint
+
+-- name: create_database
+create database {name}
+
+-- name: drop_database
+-- `with (force)` ends any connection still open (PostgreSQL 13+).
+drop database if exists {name} with (force)
+
+-- name: server_info
+select current_setting('server_version') as server_version,
+       current_setting('fsync') as fsync,
+       current_setting('synchronous_commit') as synchronous_commit,
+       current_setting('full_page_writes') as full_page_writes,
+       current_setting('shared_buffers') as shared_buffers,
+       current_setting('max_connections') as max_connections
+
+-- name: database_exists
+select exists (select 1 from pg_database where datname = %(name)s) as present
+
+-- name: wal_lsn
+select pg_current_wal_lsn()::text as lsn
+
+-- name: wal_since
+select pg_wal_lsn_diff(pg_current_wal_lsn(), %(lsn)s::pg_lsn)::bigint as bytes
+
+-- name: listening
+-- How many other sessions of this database wait on LISTEN (an idle worker's listener).
+select count(*) as n from pg_stat_activity
+ where datname = current_database() and pid <> pg_backend_pid()
+   and query ilike %(query)s
+
+-- name: raw_insert_many
+-- The yardstick for enqueue_many: the same rows, one statement, no PL/pgSQL.
+with ins as (
+    insert into bench.jobs (payload) select unnest(%(payloads)s::jsonb[]) returning id
+)
+insert into bench.ready (job_id) select id from ins
+
+-- name: raw_insert_one
+with ins as (insert into bench.jobs (payload) values (%(payload)s) returning id)
+insert into bench.ready (job_id) select id from ins
+
+-- name: raw_insert_notify
+-- One job for the idle-latency yardstick: written and announced in one transaction.
+with ins as (insert into bench.jobs (payload) values (%(payload)s) returning id),
+     r as (insert into bench.ready (job_id) select id from ins returning job_id)
+select pg_notify('pgdurable_bench', ''), (select job_id from r) as id
+
+-- name: raw_claim
+-- Batched claim from the small table, the way pgdurable.claim does it.
+with picked as (
+    delete from bench.ready
+     where job_id in (select job_id from bench.ready order by job_id
+                      limit %(max)s for update skip locked)
+    returning job_id
+)
+update bench.jobs j set status = 'running', started_at = clock_timestamp()
+  from picked where j.id = picked.job_id
+returning j.id, j.payload
+
+-- name: raw_complete
+update bench.jobs set status = 'done', finished_at = clock_timestamp() where id = %(id)s
+
+-- name: raw_step
+insert into bench.step_rows (step_no, payload) values (%(step_no)s, %(payload)s)
+
+-- name: tx_insert
+insert into bench.tx_rows (payload) values (%(payload)s)
+
+-- name: tx_rows
+select count(*) as n from bench.tx_rows
+
+-- name: job_status
+select status from bench.jobs where id = %(id)s
+
+-- name: run_status
+select status from pgdurable.workflows where id = %(id)s
+
+-- name: ready_left
+select (select count(*) from pgdurable.ready) + (select count(*) from bench.ready) as n
+
+-- name: workflow_stats
+-- Throughput window: first claim to last finish. Latencies in milliseconds, p50/p95/p99.
+-- With `from_first_claim` (a backlog enqueued before the workers started), a run's wait is
+-- counted from when it was enqueued or when the first worker began claiming, whichever is
+-- later: worker start-up is not queueing delay.
+with t as (
+    select status = 'succeeded' as ok, started_at, finished_at,
+           case when %(from_first_claim)s then greatest(created_at, min(started_at) over ())
+                else created_at end as queued_at
+      from pgdurable.workflows
+)
+select count(*) as total,
+       count(*) filter (where ok) as ok,
+       extract(epoch from max(finished_at) - min(started_at))::float8 as seconds,
+       percentile_cont(array[0.5, 0.95, 0.99]) within group (
+           order by extract(epoch from started_at - queued_at)::float8 * 1000)
+           as enqueue_to_start,
+       percentile_cont(array[0.5, 0.95, 0.99]) within group (
+           order by extract(epoch from finished_at - queued_at)::float8 * 1000)
+           as enqueue_to_finish,
+       percentile_cont(array[0.5, 0.95, 0.99]) within group (
+           order by extract(epoch from finished_at - started_at)::float8 * 1000)
+           as start_to_finish
+  from t
+
+-- name: job_stats
+-- The same for the baseline's jobs.
+with t as (
+    select status = 'done' as ok, started_at, finished_at,
+           case when %(from_first_claim)s then greatest(created_at, min(started_at) over ())
+                else created_at end as queued_at
+      from bench.jobs
+)
+select count(*) as total,
+       count(*) filter (where ok) as ok,
+       extract(epoch from max(finished_at) - min(started_at))::float8 as seconds,
+       percentile_cont(array[0.5, 0.95, 0.99]) within group (
+           order by extract(epoch from started_at - queued_at)::float8 * 1000)
+           as enqueue_to_start,
+       percentile_cont(array[0.5, 0.95, 0.99]) within group (
+           order by extract(epoch from finished_at - queued_at)::float8 * 1000)
+           as enqueue_to_finish,
+       percentile_cont(array[0.5, 0.95, 0.99]) within group (
+           order by extract(epoch from finished_at - started_at)::float8 * 1000)
+           as start_to_finish
+  from t
+
+-- name: unfinished
+-- Why a measurement did not complete: runs by status, and the first error recorded.
+select string_agg(status || ': ' || n, ', ' order by status) as statuses,
+       (select error::text from pgdurable.workflows
+         where error is not null order by created_at limit 1) as first_error
+  from (select status, count(*) as n from pgdurable.workflows
+         where status <> 'succeeded' group by status) s
+
+-- name: step_gaps
+-- Time between consecutive checkpoints of one run: the per-step cost of a direct workflow.
+select percentile_cont(array[0.5, 0.95, 0.99]) within group (order by gap_ms) as step
+  from (select extract(epoch from finished_at - lag(finished_at) over (
+                   partition by workflow_id order by step_no))::float8 * 1000 as gap_ms
+          from pgdurable.steps) s
+ where gap_ms is not null
