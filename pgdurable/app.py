@@ -27,6 +27,7 @@ from pgdurable.errors import (
 from pgdurable.executor import Executor
 from pgdurable.handle import StepInfo, WorkflowHandle, WorkflowInfo
 from pgdurable.queues import Queue, RateLimit
+from pgdurable.schedules import Schedule, declare_all
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -53,6 +54,7 @@ class Registry:
         default_factory=dict
     )
     queues: dict[str, Queue] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
 
     def claim_name(self, name: str, kind: str, fn: Callable[..., Any] | None = None) -> None:
         if fn is not None and (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
@@ -151,6 +153,7 @@ class App:
                 migrate.check_schema(conn)
                 for queue in self.registry.queues.values():
                     queue.declare(conn=conn)
+                declare_all(self, conn)
         except BaseException:
             db.close()
             raise
@@ -276,6 +279,57 @@ class App:
         if self._db is not None:
             queue.declare()
         return queue
+
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        fn: WorkflowFunction[Any, Any] | str,
+        *args: Any,
+        queue: str = "default",
+        timezone: str = "UTC",
+        catch_up: bool = False,
+        **kwargs: Any,
+    ) -> Schedule:
+        """Start `fn(*args, **kwargs)` on `queue` at every tick of the cron expression (in
+        `timezone`). Each tick starts exactly one run (id `schedule:<name>:<tick>`), however
+        many recovery daemons run. Ticks missed while no daemon ran are skipped, unless
+        `catch_up` (then they fire, at most one day back). Stored when the App connects; the
+        `pgdurable recover` daemon fires them."""
+        if name in self.registry.schedules:
+            raise RegistrationError(f"schedule {name!r} is already declared")
+        if not isinstance(fn, str | WorkflowFunction):
+            raise RegistrationError(
+                f"schedule {name!r}: {fn!r} is not a workflow registered with @app.workflow()"
+            )
+        schedule = Schedule.build(name, cron, self.resolve(fn), args, kwargs, queue=queue,
+                                  timezone=timezone, catch_up=catch_up)
+        self.registry.schedules[name] = schedule
+        if self._db is not None:
+            with self.db.connection() as conn:
+                schedule.declare(conn)
+        return schedule
+
+    def scheduled(
+        self, cron: str, *, name: str | None = None, queue: str = "default",
+        timezone: str = "UTC", catch_up: bool = False,
+    ) -> Callable[[WorkflowFunction[P, R]], WorkflowFunction[P, R]]:
+        """Decorator form of `schedule` for a workflow without arguments:
+        `@app.scheduled("*/5 * * * *")` above `@app.workflow()`."""
+        from pgdurable import cron as cron_module
+
+        cron_module.parse(cron)  # a bad expression fails at declaration, before decoration
+
+        def register(wf: WorkflowFunction[P, R]) -> WorkflowFunction[P, R]:
+            if not isinstance(wf, WorkflowFunction):
+                raise RegistrationError(
+                    "@app.scheduled(...) goes above @app.workflow(): it needs a workflow"
+                )
+            self.schedule(name or wf.name, cron, wf, queue=queue, timezone=timezone,
+                          catch_up=catch_up)
+            return wf
+
+        return register
 
     # -- starting runs ---------------------------------------------------------------------
 

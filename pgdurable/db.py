@@ -8,6 +8,8 @@ pgdurable exceptions here and nowhere else.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +21,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from pgdurable import errors
 from pgdurable.queries import query
+
+log = logging.getLogger("pgdurable.db")
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
@@ -45,8 +49,9 @@ def _one_line(exc: BaseException) -> str:
 class Database:
     """A pool of autocommit connections plus helpers that run named queries."""
 
-    def __init__(self, dsn: str, *, max_size: int = 10) -> None:
+    def __init__(self, dsn: str, *, max_size: int = 10, retry_seconds: float = 60.0) -> None:
         self.dsn = dsn
+        self.retry_seconds = retry_seconds
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             dsn,
             min_size=1,
@@ -80,10 +85,25 @@ class Database:
     def fetch_all(
         self, name: str, params: Params | None = None, *, conn: Conn | None = None
     ) -> list[Row]:
+        """Run a named query. On a pooled connection, a lost connection or a server restart
+        is retried with backoff for up to `retry_seconds` (every pgdurable call is safe to
+        repeat: writes are keyed by id and fenced by epoch); on the caller's connection the
+        error is the caller's to handle, as its transaction is gone."""
         if conn is not None:
             return _run(conn, name, params)
-        with self.connection() as pooled:
-            return _run(pooled, name, params)
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                with self.connection() as pooled:
+                    return _run(pooled, name, params)
+            except psycopg.OperationalError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise errors.ConfigurationError(
+                        f"database unavailable: {_one_line(exc)}") from exc
+                log.warning("%s: %s; retrying in %.2fs", name, _one_line(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def fetch_one(
         self, name: str, params: Params | None = None, *, conn: Conn | None = None

@@ -141,7 +141,9 @@ class Queue:
         _check_key("partition_key", partition_key)
         row = self.app.db.fetch_one(
             "enqueue",
-            {"queue": self.name, "name": wf.name, "inputs": jsonb(inputs), "id": workflow_id,
+            # The id is chosen here, so a retried call after a lost connection is idempotent.
+            {"queue": self.name, "name": wf.name, "inputs": jsonb(inputs),
+             "id": workflow_id or str(uuid.uuid4()),
              "priority": priority, "delay_seconds": _seconds("delay", delay),
              "dedup_key": dedup_key, "partition_key": partition_key, "deadline": deadline,
              "max_attempts": _positive("max_attempts", max_attempts) or wf.max_attempts,

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from pgdurable.db import connect
-from pgdurable.errors import FencedError, InvalidArgument, RegistrationError, WorkflowNotFound
+from pgdurable.errors import (
+    ConfigurationError,
+    FencedError,
+    InvalidArgument,
+    RegistrationError,
+    WorkflowNotFound,
+)
 from pgdurable.queries import query
 
 if TYPE_CHECKING:
@@ -143,7 +149,7 @@ class Worker:
         once per heartbeat period, so a dead worker's runs come back within about one lease."""
         try:
             row = self.app.db.fetch_one("requeue_expired", {"queues": self.queues, "limit": 100})
-        except (psycopg.OperationalError, OSError) as exc:
+        except (psycopg.OperationalError, ConfigurationError, OSError) as exc:
             log.warning("requeue of expired runs failed (%s)", exc)
             return
         if row and row["requeued"]:
@@ -161,7 +167,7 @@ class Worker:
                 {"worker": self.app.executor.worker_id, "queues": self.queues, "max": free,
                  "lease_seconds": self.app.lease_seconds, "names": self._names},
             )
-        except (psycopg.OperationalError, OSError) as exc:
+        except (psycopg.OperationalError, ConfigurationError, OSError) as exc:
             log.warning("claim failed (%s); retrying", exc)
             time.sleep(min(self.poll_interval, 1.0))
             return 0

@@ -30,6 +30,10 @@ create table bench.step_rows (
     payload text not null
 );
 
+-- name: session_setup
+-- The bench's own session: a worker that failed to let go of a lock must not hang `reset`.
+set lock_timeout = '30s'
+
 -- name: reset
 -- Between measurements: empty every table a scenario writes (cascade reaches the steps and any
 -- other table that references workflows).

@@ -123,3 +123,21 @@ select pgdurable.requeue_expired(%(queues)s::text[], %(limit)s) as requeued
 select id, sqlstate, message
   from pgdurable.finish_many(%(ids)s::text[], %(epochs)s::integer[], %(statuses)s::text[],
                              %(outputs)s::jsonb[], %(errors)s::jsonb[])
+
+-- name: declare_schedule
+select pgdurable.declare_schedule(%(name)s, %(cron)s, %(workflow_name)s, %(queue)s, %(inputs)s,
+                                  %(timezone)s, %(catch_up)s, %(minutes)s::smallint[],
+                                  %(hours)s::smallint[], %(days)s::smallint[],
+                                  %(months)s::smallint[], %(weekdays)s::smallint[],
+                                  %(days_restricted)s, %(weekdays_restricted)s)
+
+-- name: recover_sweep
+select pgdurable.recover_sweep(%(limit)s, %(retention_seconds)s) as counts
+
+-- name: recovery_leader_lock
+-- Session-level: held for as long as the daemon's connection lives, released if it dies.
+select pg_try_advisory_lock(7301544015412283462) as leader
+
+-- name: list_schedules
+select name, cron, workflow_name, queue, timezone, catch_up, last_tick
+  from pgdurable.schedules order by name
