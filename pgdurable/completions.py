@@ -9,8 +9,11 @@ and a WAL flush; when idle a lone run is written at once.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from pgdurable import errors
 from pgdurable.db import jsonb
@@ -77,15 +80,21 @@ class Completions:
             self._flush(batch)
 
     def _flush(self, batch: list[_Outcome]) -> None:
+        params = {"ids": [o.workflow_id for o in batch], "epochs": [o.epoch for o in batch],
+                  "statuses": [o.status for o in batch],
+                  "outputs": [jsonb(o.output) for o in batch],
+                  "errors": [jsonb(o.error) for o in batch]}
         try:
-            rows = self.db.fetch_all(
-                "finish_many",
-                {"ids": [o.workflow_id for o in batch], "epochs": [o.epoch for o in batch],
-                 "statuses": [o.status for o in batch],
-                 "outputs": [jsonb(o.output) for o in batch],
-                 "errors": [jsonb(o.error) for o in batch]},
-            )
-        except Exception as exc:  # the whole batch failed (e.g. connection lost)
+            for attempt in range(5):
+                try:
+                    rows = self.db.fetch_all("finish_many", params)
+                    break
+                except (psycopg.errors.DeadlockDetected,
+                        psycopg.errors.SerializationFailure):
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.01 * 2**attempt)  # the transaction rolled back: redo it
+        except Exception as exc:  # the whole batch failed (e.g. database gone for long)
             for outcome in batch:
                 outcome.failure = exc
                 outcome.done.set()

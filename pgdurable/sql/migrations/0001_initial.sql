@@ -210,9 +210,13 @@ declare
     v_count integer;
 begin
     perform pgdurable.check_lease(p_lease_seconds);
+    -- SKIP LOCKED: a heartbeat never waits for (nor deadlocks with) a run's own writes; a row
+    -- busy being finished or checkpointed just misses this beat (the lease spans three).
     update pgdurable.workflows
        set lease_until = pgdurable.now() + make_interval(secs => p_lease_seconds)
-     where owner = p_owner and status = 'running' and id = any(p_ids);
+     where id in (select w.id from pgdurable.workflows w
+                   where w.id = any(p_ids) and w.owner = p_owner and w.status = 'running'
+                   for update skip locked);
     get diagnostics v_count = row_count;
     return v_count;
 end
