@@ -165,9 +165,10 @@ def workflows_list(
         if not runs:
             click.echo("no workflows")
             return
-        click.echo(f"{'ID':<38} {'STATUS':<10} {'EPOCH':>5}  {'CREATED':<19}  NAME")
+        width = max(len("ID"), *(len(r.id) for r in runs))
+        click.echo(f"{'ID':<{width}}  {'STATUS':<10} {'EPOCH':>5}  {'CREATED':<19}  NAME")
         for r in runs:
-            click.echo(f"{r.id:<38} {r.status:<10} {r.attempt:>5}  "
+            click.echo(f"{r.id:<{width}}  {r.status:<10} {r.attempt:>5}  "
                        f"{r.created_at:%Y-%m-%d %H:%M:%S}  {r.name}")
 
 
