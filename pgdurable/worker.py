@@ -153,7 +153,8 @@ class Worker:
             log.warning("requeue of expired runs failed (%s)", exc)
             return
         if row and row["requeued"]:
-            log.info("requeued %d runs whose lease expired", row["requeued"])
+            log.info("%d runs whose lease expired were requeued or dead-lettered",
+                     row["requeued"])
             self._wake.set()
 
     def _active(self) -> int:
@@ -189,8 +190,9 @@ class Worker:
 
     def _drain(self) -> None:
         """Let running executions finish within the grace period; release the rest."""
-        deadline = time.monotonic() + self.grace_seconds
-        while self._active() and time.monotonic() < deadline:
+        started = time.monotonic()
+        # grace_seconds is re-read: a second signal sets it to 0 to release at once.
+        while self._active() and time.monotonic() < started + self.grace_seconds:
             time.sleep(0.05)
         with self._lock:
             left = list(self._claimed.values())

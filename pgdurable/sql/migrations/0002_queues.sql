@@ -15,6 +15,7 @@ create table pgdurable.queues (
                           check (rate_period_seconds > 0 and rate_period_seconds < 'Infinity'),
     partition_concurrency integer check (partition_concurrency > 0),  -- per partition key
     paused                boolean not null default false,
+    max_recoveries        integer not null default 10 check (max_recoveries > 0),
     updated_at            timestamptz not null default pgdurable.now(),
     check ((rate_limit is null) = (rate_period_seconds is null))
 );
@@ -30,7 +31,8 @@ alter table pgdurable.workflows
     add column deadline       timestamptz,
     add column max_attempts   integer not null default 1 check (max_attempts >= 1),
     add column retry_backoff  double precision not null default 1.0 check (retry_backoff >= 0),
-    add column failures       integer not null default 0;
+    add column failures       integer not null default 0,
+    add column recoveries     integer not null default 0;  -- lease expiries survived so far
 
 -- A live duplicate of a dedup key returns the existing run instead of creating one.
 create unique index workflows_live_dedup on pgdurable.workflows (queue, dedup_key)
@@ -465,8 +467,8 @@ end
 $$;
 
 -- Put a failed, cancelled or abandoned (lease expired) run back on its queue, to be continued
--- from its checkpoints by a worker. Recorded steps are kept; the error and failure count are
--- cleared. Returns the run's status afterwards.
+-- from its checkpoints by a worker. Recorded steps are kept; the error and the failure and
+-- recovery counts are cleared. Returns the run's status afterwards.
 create function pgdurable.requeue(p_id text) returns text
 language plpgsql as $$
 declare
@@ -489,7 +491,8 @@ begin
         end if;
         update pgdurable.workflows
            set status = 'pending', error = null, finished_at = null, failures = 0,
-               owner = null, lease_until = null, available_at = v_now, updated_at = v_now
+               recoveries = 0, owner = null, lease_until = null, available_at = v_now,
+               updated_at = v_now
          where id = p_id;
         if v_row.status = 'failed' then
             perform pgdurable.forget_ending_failure(p_id, v_row.error);

@@ -2,12 +2,6 @@
 -- schedules and retention. Every part is a bounded function, so the `pgdurable recover` daemon
 -- or pg_cron (`select pgdurable.recover_sweep(1000, 604800)`) can drive it.
 
-alter table pgdurable.queues
-    add column max_recoveries integer not null default 10 check (max_recoveries > 0);
-
-alter table pgdurable.workflows
-    add column recoveries integer not null default 0;  -- lease expiries survived so far
-
 -- Runs whose lease expired go back on their queue (the next claim gives them a new epoch), or,
 -- once they have been recovered `max_recoveries` times (a run that keeps killing its workers),
 -- end `failed` with a RecoveryLimitExceeded error: the dead letter state.
