@@ -7,6 +7,7 @@ from pgdurable.context import workflow_id
 from pgdurable.decorators import RetryPolicy, StepFunction, TransactionFunction, WorkflowFunction
 from pgdurable.errors import (
     ConfigurationError,
+    DatabaseUnavailable,
     FencedError,
     InvalidArgument,
     InvalidState,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "ConfigurationError",
+    "DatabaseUnavailable",
     "FencedError",
     "InvalidArgument",
     "InvalidState",

@@ -80,7 +80,7 @@ class Database:
             with self.pool.connection(timeout=60) as conn:
                 yield conn
         except PoolTimeout as exc:
-            raise errors.ConfigurationError(f"no database connection available: {exc}") from None
+            raise errors.DatabaseUnavailable(f"no database connection available: {exc}") from None
 
     def fetch_all(
         self, name: str, params: Params | None = None, *, conn: Conn | None = None
@@ -99,7 +99,7 @@ class Database:
                     return _run(pooled, name, params)
             except psycopg.OperationalError as exc:
                 if time.monotonic() + delay > deadline:
-                    raise errors.ConfigurationError(
+                    raise errors.DatabaseUnavailable(
                         f"database unavailable: {_one_line(exc)}") from exc
                 log.warning("%s: %s; retrying in %.2fs", name, _one_line(exc), delay)
                 time.sleep(delay)

@@ -15,6 +15,11 @@ class ConfigurationError(PgDurableError):
     """The library is misconfigured: bad DSN, unreachable server, invalid option."""
 
 
+class DatabaseUnavailable(ConfigurationError):
+    """PostgreSQL could not be reached for longer than the retry budget. An execution that hits
+    it stops without recording anything: its lease expires and the run is taken over."""
+
+
 class SchemaError(PgDurableError):
     """The database schema is missing, too old, too new, or its migrations were edited."""
 

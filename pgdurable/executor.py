@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgdurable import context
 from pgdurable.context import RecordedStep, WorkflowContext
-from pgdurable.errors import FencedError, WorkflowNotFound
+from pgdurable.errors import DatabaseUnavailable, FencedError, WorkflowNotFound
 from pgdurable.serde import error_record
 
 if TYPE_CHECKING:
@@ -99,7 +99,8 @@ class Executor:
             return
         try:
             execute(self.app, wf, workflow_id, epoch, inputs, has_steps=has_steps)
-        except (FencedError, WorkflowNotFound) as exc:
+        except (FencedError, WorkflowNotFound, DatabaseUnavailable) as exc:
+            # Nothing recorded: if the run is still ours its lease expires and it is taken over.
             log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
         except Exception:
             # The run stays `running`; no longer renewed, it is taken over once its lease
@@ -170,8 +171,10 @@ def execute(
         try:
             args, kwargs = wf.signature.decode_args(inputs)
             output = wf.signature.encode_result(wf.fn(*args, **kwargs))
-        except (FencedError, WorkflowNotFound):
-            raise  # taken over, cancelled or deleted under us: nothing of ours to record
+        except (FencedError, WorkflowNotFound, DatabaseUnavailable):
+            # Taken over, cancelled or deleted under us, or the database stayed out of reach:
+            # nothing of ours to record (the run's outcome is not this execution's to decide).
+            raise
         except Exception as exc:
             _finish(app, workflow_id, epoch, "failed", None, error_record(exc))
             return

@@ -16,7 +16,12 @@ import psycopg
 
 from pgdurable.context import RecordedStep, WorkflowContext
 from pgdurable.db import jsonb
-from pgdurable.errors import NonDeterminismError, PgDurableError, StepOutcomeUnknown
+from pgdurable.errors import (
+    DatabaseUnavailable,
+    NonDeterminismError,
+    PgDurableError,
+    StepOutcomeUnknown,
+)
 from pgdurable.serde import error_record, rebuild_exception
 
 if TYPE_CHECKING:
@@ -47,7 +52,10 @@ def run_step(ctx: WorkflowContext, step: StepFunction[Any, Any], body: Callable[
             recorded = RecordedStep(step_no, step.name, row["status"], row["output"], row["error"])
             return _outcome(recorded, step)
 
-    value = _with_retries(ctx, step.policy, step.name, step_no, lambda: _in_step(ctx, body))
+    try:
+        value = _with_retries(ctx, step.policy, step.name, step_no, lambda: _in_step(ctx, body))
+    except _RecordedElsewhere as elsewhere:
+        return _outcome(elsewhere.recorded, step)
     output = step.signature.encode_result(value)
     recorded, _ = _record(ctx, step_no, step.name, "done", output, None)
     return _outcome(recorded, step)
@@ -75,7 +83,66 @@ def run_transaction(
         except _RecordedElsewhere as elsewhere:
             return elsewhere.recorded
 
-    return _outcome(_with_retries(ctx, step.policy, step.name, step_no, attempt), step)
+    def until_committed() -> RecordedStep:
+        return _redo_rolled_back_transactions(ctx, step_no, step.name, attempt)
+
+    try:
+        result = _with_retries(ctx, step.policy, step.name, step_no, until_committed)
+    except _RecordedElsewhere as elsewhere:
+        result = elsewhere.recorded
+    return _outcome(result, step)
+
+
+def _redo_rolled_back_transactions(
+    ctx: WorkflowContext, step_no: int, name: str, attempt: Callable[[], RecordedStep]
+) -> RecordedStep:
+    """Run a transaction step's attempt again when the database, not the user's code, ended
+    its transaction: the connection was lost (server restart, killed backend) or the server
+    rolled it back (serialization failure, deadlock). None of these is the step's outcome.
+    The retries do not count against the step's retry policy, and give up (DatabaseUnavailable,
+    recording nothing) after the database's retry budget. A connection lost during COMMIT
+    leaves the outcome unknown, so every new attempt first looks for a recorded outcome; the
+    checkpoint in the same transaction makes the user's writes exactly-once either way."""
+    deadline = time.monotonic() + ctx.app.db.retry_seconds
+    delay = 0.05
+    while True:
+        try:
+            return attempt()
+        except psycopg.Error as exc:
+            if not _rolled_back_by_database(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailable(
+                    f"transaction step {name!r} of {ctx.workflow_id!r} could not commit: {exc}"
+                ) from exc
+            log.warning("transaction step %s of %s rolled back by the database (%s: %s), "
+                        "again in %.2fs", name, ctx.workflow_id, type(exc).__name__,
+                        " ".join(str(exc).split()), delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+        recorded = _recorded_now(ctx, step_no, name)
+        if recorded is not None:
+            return recorded
+
+
+# Server-side rollbacks a transaction survives by running again: serialization_failure,
+# deadlock_detected, and the shutdown/crash codes a backend reports as it goes away.
+_REDO_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+
+
+def _rolled_back_by_database(exc: psycopg.Error) -> bool:
+    if exc.sqlstate in _REDO_SQLSTATES or (exc.sqlstate or "").startswith("08"):
+        return True
+    # No SQLSTATE at all: the client lost the connection (closed socket, server gone).
+    return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
+
+
+def _recorded_now(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
+    """The step's outcome as the database has it now (fenced: raises if taken over)."""
+    for r in ctx.app.db.fetch_all("load_steps", {"id": ctx.workflow_id, "epoch": ctx.epoch}):
+        ctx.recorded[r["step_no"]] = RecordedStep(
+            r["step_no"], r["name"], r["status"], r["output"], r["error"])
+    return _recorded(ctx, step_no, name)
 
 
 def _recorded(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
@@ -111,7 +178,10 @@ def _with_retries(
             if delay is None:
                 # pgdurable's own errors (fencing, serialisation, ...) are not step outcomes.
                 if not isinstance(exc, PgDurableError):
-                    _record(ctx, step_no, name, "failed", None, error_record(exc))
+                    recorded, inserted = _record(
+                        ctx, step_no, name, "failed", None, error_record(exc))
+                    if not inserted:  # an earlier attempt's outcome is on record: it counts
+                        raise _RecordedElsewhere(recorded) from exc
                 raise
             log.info("step %s of %s failed (%s), retry %d in %.2fs",
                      name, ctx.workflow_id, type(exc).__name__, retry, delay)

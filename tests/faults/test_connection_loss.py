@@ -124,11 +124,6 @@ def held_transaction(app: pgdurable.App, conn: Conn) -> Iterator[tuple[Any, thre
     release.set()
 
 
-@pytest.mark.xfail(reason="BUG: pgdurable/steps.py run_transaction: an OperationalError from the "
-                          "step's connection (killed, server restarted) goes to _with_retries, "
-                          "which records it as the step's final failure (default retries=0) and "
-                          "fails the run, although the transaction simply rolled back and can "
-                          "be retried on a new connection", strict=True)
 def test_a_transaction_step_survives_its_connection_being_killed(
     app: pgdurable.App, conn: Conn, held_transaction: tuple[Any, threading.Event]
 ) -> None:

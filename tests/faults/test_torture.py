@@ -34,14 +34,6 @@ from .support import (
 Conn = psycopg.Connection[Any]
 FINISH_WITHIN = 60.0  # seconds after the last fault
 TERMINAL = ("succeeded", "failed", "cancelled")
-CONNECTION_ERRORS = {"psycopg.OperationalError", "psycopg.errors.AdminShutdown",
-                     "psycopg.errors.CrashShutdown", "psycopg.errors.ConnectionFailure"}
-
-
-class RunsFailed(AssertionError):
-    """Workflows ended `failed`, each with the signature of the known bug (see BUG): its
-    transaction step recorded as failed with a psycopg connection error. Any other failure
-    is a plain AssertionError, so the xfail cannot hide it."""
 
 
 @dataclass
@@ -56,7 +48,6 @@ class Report:
     most_effects: int = 0
     recoveries: int = 0  # lease expiries survived, summed over the runs
     failed: dict[str, str] = field(default_factory=dict)
-    unexplained: list[str] = field(default_factory=list)  # failed runs not matching the bug
 
     def line(self) -> str:
         restarts = ", ".join(f"{s:.2f}s" for s in self.restart_seconds)
@@ -118,12 +109,11 @@ def torture_db() -> Iterator[tuple[str, Callable[[], float]]]:
 
 def torture(dsn: str, restart: Callable[[], float], logdir: Path, *, runs: int, kills: int,
             restarts: int, concurrency: int, seed: int, gap: tuple[float, float],
-            txn_seconds: float, step_seconds: float, lease: float = 5.0,
-            txn_retries: int = 0) -> Report:
+            txn_seconds: float, step_seconds: float, lease: float = 5.0) -> Report:
     rng = random.Random(seed)
     report = Report(runs)
     env = {"TORTURE_LEASE_SECONDS": str(lease), "TORTURE_TXN_SECONDS": str(txn_seconds),
-           "TORTURE_STEP_SECONDS": str(step_seconds), "TORTURE_TXN_RETRIES": str(txn_retries)}
+           "TORTURE_STEP_SECONDS": str(step_seconds)}
     monitor = Monitor(dsn)
     monitor.rows("select pgdurable.declare_queue('torture')")
     monitor.rows(
@@ -201,10 +191,6 @@ def check(monitor: Monitor, report: Report) -> None:
         if status != "succeeded":
             kind = str((error or {}).get("type"))
             report.failed[wid] = f"{status}: {kind}: {(error or {}).get('message')}"
-            book = steps[wid][0] if steps[wid] else None
-            if not (status == "failed" and kind in CONNECTION_ERRORS and book is not None
-                    and book[1:3] == ("torture.book", "failed")):
-                report.unexplained.append(wid)
             continue
         expected = [(0, "torture.book", "done", output["business_id"]),
                     (1, "torture.log", "done", output["token"]),
@@ -227,20 +213,10 @@ def assert_all_succeeded(report: Report) -> None:
     print(report.line())
     if report.failed:
         sample = "\n".join(f"  {wid}: {why}" for wid, why in list(report.failed.items())[:10])
-        if report.unexplained:
-            raise AssertionError(f"{len(report.unexplained)} workflows failed for another "
-                                 f"reason than the known bug:\n{sample}")
-        raise RunsFailed(f"{len(report.failed)} of {report.runs} workflows did not succeed:\n"
-                         f"{sample}")
+        raise AssertionError(f"{len(report.failed)} of {report.runs} workflows did not succeed:"
+                             f"\n{sample}")
 
 
-BUG = ("BUG: a connection lost during an @app.transaction step (server restart, "
-       "pg_terminate_backend) is recorded as a permanent step failure and fails the run "
-       "(pgdurable/steps.py run_transaction / _with_retries); see "
-       "test_connection_loss.py::test_a_transaction_step_survives_its_connection_being_killed")
-
-
-@pytest.mark.xfail(reason=BUG, raises=RunsFailed, strict=True)
 def test_torture_kills_and_a_postgres_restart(
     torture_db: tuple[str, Callable[[], float]], tmp_path: Path
 ) -> None:
@@ -254,44 +230,14 @@ def test_torture_kills_and_a_postgres_restart(
     assert_all_succeeded(report)
 
 
-def test_torture_with_the_transaction_step_retrying_connection_errors(
-    torture_db: tuple[str, Callable[[], float]], tmp_path: Path
-) -> None:
-    """The same run with an application-level workaround for the bug above (the transaction
-    step retries psycopg.OperationalError): then every workflow succeeds, and retrying the
-    step on a new connection never doubles its business row."""
-    dsn, restart = torture_db
-    seed = random.randrange(1 << 30)
-    print(f"seed {seed}")
-    report = torture(dsn, restart, tmp_path, runs=100, kills=3, restarts=1, concurrency=2,
-                     seed=seed, gap=(0.5, 1.5), txn_seconds=0.4, step_seconds=0.2,
-                     txn_retries=10)
-    assert_all_succeeded(report)
-
-
-def full_torture(torture_db: tuple[str, Callable[[], float]], tmp_path: Path,
-                 txn_retries: int = 0) -> Report:
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_torture_full(torture_db: tuple[str, Callable[[], float]], tmp_path: Path) -> None:
     """1,000 workflows, 20 kills, 2 PostgreSQL restarts."""
     dsn, restart = torture_db
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
     report = torture(dsn, restart, tmp_path, runs=1000, kills=20, restarts=2, concurrency=4,
-                     seed=seed, gap=(0.5, 2.0), txn_seconds=0.4, step_seconds=0.3,
-                     txn_retries=txn_retries)
+                     seed=seed, gap=(0.5, 2.0), txn_seconds=0.4, step_seconds=0.3)
     assert report.kills == 20 and report.restarts == 2
-    return report
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-@pytest.mark.xfail(reason=BUG, raises=RunsFailed, strict=True)
-def test_torture_full(torture_db: tuple[str, Callable[[], float]], tmp_path: Path) -> None:
-    assert_all_succeeded(full_torture(torture_db, tmp_path))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_torture_full_with_the_transaction_step_retrying_connection_errors(
-    torture_db: tuple[str, Callable[[], float]], tmp_path: Path
-) -> None:
-    assert_all_succeeded(full_torture(torture_db, tmp_path, txn_retries=10))
+    assert_all_succeeded(report)

@@ -214,3 +214,48 @@ def test_transaction_outside_a_workflow_runs_in_its_own_transaction(
     assert tags(ledger) == ["good"]  # committed; the failing call rolled back
     assert scalar(ledger, "select count(*) from pgdurable.workflows") == 0
     assert scalar(ledger, "select count(*) from pgdurable.steps") == 0
+
+
+@pytest.mark.parametrize(("sqlstate", "what"), [
+    ("40001", "serialization failure"), ("40P01", "deadlock")])
+def test_a_transaction_the_server_rolled_back_runs_again_without_using_retries(
+    app: pgdurable.App, ledger: Conn, sqlstate: str, what: str
+) -> None:
+    attempts: list[int] = []
+
+    @app.transaction()  # retries=0: the server's rollbacks are not the step's outcome
+    def book(conn: AnyConn, tag: str) -> int:
+        attempts.append(1)
+        row = conn.execute("insert into ledger (tag) values (%s) returning id", (tag,)).fetchone()
+        assert row is not None
+        if len(attempts) < 3:
+            conn.execute(f"do $$ begin raise exception '{what}' using errcode = '{sqlstate}'; "
+                         "end $$")
+        return row[0]
+
+    @app.workflow()
+    def flow(tag: str) -> int:
+        return book(tag)
+
+    assert app.start(flow, "t").result(timeout=30) == 3  # ids 1 and 2 were rolled back
+    assert len(attempts) == 3
+    assert tags(ledger) == ["t"]
+
+
+def test_a_user_error_in_a_transaction_step_is_not_run_again(
+    app: pgdurable.App, ledger: Conn
+) -> None:
+    attempts: list[int] = []
+
+    @app.transaction()
+    def book(conn: AnyConn) -> None:
+        attempts.append(1)
+        conn.execute("select 1/0")
+
+    @app.workflow()
+    def flow() -> None:
+        book()
+
+    with pytest.raises(pgdurable.WorkflowFailed, match="DivisionByZero"):
+        app.start(flow).result(timeout=30)
+    assert len(attempts) == 1

@@ -14,8 +14,6 @@ The tables are support.TORTURE_SCHEMA. Environment knobs (seconds):
   TORTURE_TXN_SECONDS    the transaction step holds its transaction open a random half of
                          this to this long
   TORTURE_STEP_SECONDS   each plain step takes a random 0..this long
-  TORTURE_TXN_RETRIES    retries of the transaction step on psycopg.OperationalError (default
-                         0: pgdurable's defaults; > 0 is an application-level workaround)
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ torture = app.queue("torture")
 
 TXN_SECONDS = float(os.environ.get("TORTURE_TXN_SECONDS", "0.1"))
 STEP_SECONDS = float(os.environ.get("TORTURE_STEP_SECONDS", "0.1"))
-TXN_RETRIES = int(os.environ.get("TORTURE_TXN_RETRIES", "0"))
 _local = threading.local()
 
 
@@ -67,8 +64,7 @@ def _pause(seconds: float, low: float = 0.0) -> None:
         time.sleep(random.uniform(low, seconds))
 
 
-@app.transaction(name="torture.book", retries=TXN_RETRIES, interval=0.1, backoff=1.5,
-                 max_interval=1.0, retry_on=(psycopg.OperationalError,))
+@app.transaction(name="torture.book")  # pgdurable's defaults: no retries
 def book(conn: psycopg.Connection[Any], n: int) -> int:
     row = conn.execute("insert into torture_business (n, pid) values (%s, %s) returning id",
                        (n, os.getpid())).fetchone()
