@@ -304,10 +304,10 @@ class App:
             )
         schedule = Schedule.build(name, cron, self.resolve(fn), args, kwargs, queue=queue,
                                   timezone=timezone, catch_up=catch_up)
-        self.registry.schedules[name] = schedule
-        if self._db is not None:
+        if self._db is not None:  # connected: store it first, keep it only if that worked
             with self.db.connection() as conn:
                 schedule.declare(conn)
+        self.registry.schedules[name] = schedule
         return schedule
 
     def scheduled(
@@ -494,6 +494,11 @@ class App:
     def queue_stats(self) -> list[dict[str, Any]]:
         """Every queue in the database with its limits, paused flag, ready and running counts."""
         return self.db.fetch_all("queue_stats")
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        """Every cron schedule stored in the database: expression, workflow, queue, time zone,
+        the last tick handled, and the error of the latest tick that could not fire."""
+        return self.db.fetch_all("list_schedules")
 
     def pause_queue(self, name: str) -> None:
         self.db.fetch_one("set_queue_paused", {"name": name, "paused": True})

@@ -94,6 +94,6 @@ def _field(expression: str, text: str, name: str, low: int, high: int,
 def _number(expression: str, name: str, text: str, names: dict[str, int]) -> int:
     if text in names:
         return names[text]
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # not '²' and other Unicode digits
         raise InvalidArgument(f"cron expression {expression!r}: bad {name} value {text!r}")
     return int(text)

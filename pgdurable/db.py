@@ -75,9 +75,9 @@ class Database:
         self.pool.close()
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self, timeout: float = 60.0) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self.pool.connection(timeout=60) as conn:
+            with self.pool.connection(timeout=timeout) as conn:
                 yield conn
         except PoolTimeout as exc:
             raise errors.DatabaseUnavailable(f"no database connection available: {exc}") from None
@@ -95,7 +95,8 @@ class Database:
         delay = 0.05
         while True:
             try:
-                with self.connection() as pooled:
+                # Waiting for a connection counts against the same budget.
+                with self.connection(max(0.1, deadline - time.monotonic())) as pooled:
                     return _run(pooled, name, params)
             except psycopg.OperationalError as exc:
                 if time.monotonic() + delay > deadline:

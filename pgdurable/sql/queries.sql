@@ -139,5 +139,6 @@ select pgdurable.recover_sweep(%(limit)s, %(retention_seconds)s) as counts
 select pg_try_advisory_lock(7301544015412283462) as leader
 
 -- name: list_schedules
-select name, cron, workflow_name, queue, timezone, catch_up, last_tick
+select name, cron, workflow_name, queue, timezone, catch_up, last_tick, last_error,
+       last_error_at
   from pgdurable.schedules order by name

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 import pgdurable
@@ -137,6 +139,55 @@ def test_a_transaction_step_survives_its_connection_being_killed(
     release.set()
     assert handle.result(timeout=30) == 7
     assert conn.execute("select n from business").fetchall() == [(7,)]
+
+
+def test_an_execution_that_loses_the_database_for_too_long_records_no_failure(
+    dsn: str, conn: Conn
+) -> None:
+    """The database refuses connections for longer than the retry budget while a step ends:
+    the execution stops without recording anything (not `failed`), and once the database is
+    back and the lease has expired the run is taken over and finishes from its checkpoint."""
+    app = pgdurable.App(dsn, lease_seconds=2)
+    try:
+        app.db.retry_seconds = 1.0
+        calls: list[str] = []
+        release = threading.Event()
+
+        @app.step()
+        def first() -> int:
+            calls.append("first")
+            return 1
+
+        @app.step()
+        def second() -> int:
+            calls.append("second")
+            release.wait(30)
+            return 2
+
+        @app.workflow()
+        def flow() -> int:
+            return first() + second()
+
+        handle = app.start(flow, workflow_id="outage")
+        wait_until(lambda: "second" in calls, timeout=20, what="the second step to run")
+        dbname = conn.info.dbname
+        with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as admin:
+            admin.execute(f'alter database "{dbname}" allow_connections false')
+            try:
+                admin.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                              "where datname = %s and pid <> %s", (dbname, conn.info.backend_pid))
+                release.set()
+                time.sleep(3.0)  # the retry budget (1 s) runs out while recording the step
+            finally:
+                admin.execute(f'alter database "{dbname}" allow_connections true')
+        row = conn.execute("select status from pgdurable.workflows where id = 'outage'")
+        assert row.fetchone() == ("running",)  # not failed: the outcome was never decided
+        assert conn.execute("select step_no from pgdurable.steps where workflow_id = 'outage'"
+                            ).fetchall() == [(0,)]
+        assert handle.result(timeout=30) == 3  # the waiting handle takes the expired run over
+        assert calls == ["first", "second", "second"]
+    finally:
+        app.close()
 
 
 def test_a_worker_and_the_daemon_survive_a_postgres_restart(tmp_path: Path) -> None:

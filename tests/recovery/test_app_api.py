@@ -166,9 +166,6 @@ def test_a_schedule_on_an_undeclared_queue_fails_when_the_app_connects(
         app.db  # noqa: B018
 
 
-@pytest.mark.xfail(reason="BUG: App.schedule registers the schedule before storing it, so when "
-                          "storing fails (unknown queue) the name stays taken and the App can "
-                          "no longer reconnect", strict=True)
 def test_a_schedule_that_failed_to_store_is_not_kept(
     app: pgdurable.App, flow: pgdurable.WorkflowFunction[[int], int], conn: Conn
 ) -> None:

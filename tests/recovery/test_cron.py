@@ -122,9 +122,6 @@ def test_a_non_string_is_refused(value: object) -> None:
         cron.parse(value)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(reason="BUG: cron._number accepts any str.isdigit() text (e.g. '²', "
-                          "superscript two) and int() then raises a bare ValueError instead "
-                          "of InvalidArgument", strict=True, raises=AssertionError)
 def test_unicode_digit_lookalikes_are_invalid_arguments() -> None:
     for expression in ("² * * * *", "* * * * ³"):
         try:

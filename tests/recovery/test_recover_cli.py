@@ -29,7 +29,8 @@ from .helpers import (
 )
 
 Conn = psycopg.Connection[Any]
-COUNT_KEYS = {"requeued", "dead_lettered", "woken_queues", "scheduled", "purged"}
+COUNT_KEYS = {"requeued", "dead_lettered", "woken_queues", "scheduled", "schedule_errors",
+              "purged"}
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
 
 
@@ -187,3 +188,26 @@ def test_the_daemon_wakes_a_worker_when_a_delayed_run_becomes_due(
                    what="the delayed run to be woken and run")
         assert workflow(conn, wid)["output"] == "report for initech"
         assert "recovery: woken queues 1" in procs[1].stderr()
+
+
+def test_schedules_list_shows_the_stored_schedules_and_their_last_error(
+    dsn: str, conn: Conn
+) -> None:
+    assert cli(dsn, "recover", "--once", "--app", "apps.sched_app:app").returncode == 0
+    listed = cli(dsn, "schedules", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert set(rows) == {"sched.tick", "acme-report"}
+    assert (rows["acme-report"]["cron"], rows["acme-report"]["queue"],
+            rows["acme-report"]["workflow_name"]) == ("0 6 1 * *", "reports", "sched.report")
+    assert rows["acme-report"]["last_error"] is None
+
+    # A tick that cannot fire (inputs spoiled behind declare_schedule's back) shows its error.
+    conn.execute("update pgdurable.schedules set inputs = '[]', "
+                 "last_tick = last_tick - interval '2 minutes' where name = 'sched.tick'")
+    counts = json.loads(cli(dsn, "recover", "--once", "--json").stdout)
+    assert counts["schedule_errors"] >= 1
+    table = cli(dsn, "schedules")
+    assert table.returncode == 0, table.stderr
+    assert "sched.tick" in table.stdout and "acme-report" in table.stdout
+    assert "last error at" in table.stdout and "SQLSTATE PD006" in table.stdout

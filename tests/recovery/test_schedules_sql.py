@@ -97,9 +97,6 @@ def test_redeclaring_changes_the_schedule_but_not_its_progress(db: Conn) -> None
     assert scheduled_ids(db) == [tick_id("s", minute(5)), tick_id("s", minute(6))]
 
 
-@pytest.mark.xfail(reason="BUG: declare_schedule accepts inputs that are not a JSON object "
-                          "(and an empty workflow name); every later sweep then fails in "
-                          "enqueue with PD006", strict=True)
 @pytest.mark.parametrize(("workflow_name", "inputs"), [
     ("flow", []), ("flow", "not an object"), ("", NO_INPUTS)])
 def test_declare_refuses_a_schedule_that_could_never_fire(
@@ -242,17 +239,30 @@ def test_recover_sweep_fires_schedules(db: Conn) -> None:
     assert sweep(db)["scheduled"] == 0
 
 
-@pytest.mark.xfail(reason="BUG: one schedule that cannot fire (its enqueue raises) aborts the "
-                          "whole recover_sweep transaction, so expired leases are never "
-                          "recovered and the daemon exits", strict=True, raises=psycopg.Error)
 def test_a_schedule_that_cannot_fire_does_not_stop_recovery(db: Conn) -> None:
     declare_schedule(db, "broken", "* * * * *")
-    db.execute("update pgdurable.schedules set inputs = '[]'")  # as declare_schedule allows
+    declare_schedule(db, "healthy", "* * * * *")
+    # What declare_schedule refuses, written behind its back (the tick's enqueue raises PD006).
+    db.execute("update pgdurable.schedules set inputs = '[]' where name = 'broken'")
     enqueue(db, wid="orphan")
     claim_one(db, "w", lease=5)
     set_now(db, minute(1))
     counts = sweep(db)
-    assert counts["requeued"] == 1
+    assert (counts["requeued"], counts["scheduled"], counts["schedule_errors"]) == (1, 1, 1)
+    assert scheduled_ids(db) == [tick_id("healthy", minute(1))]
+    row = db.execute("select last_tick, last_error, last_error_at from pgdurable.schedules "
+                     "where name = 'broken'").fetchone()
+    assert row is not None
+    assert row[0] == minute(1)  # the failed tick is skipped, not retried at every sweep
+    assert row[1]["sqlstate"] == "PD006" and "inputs must be a JSON object" in row[1]["message"]
+    assert row[2] == minute(1)
+
+    db.execute("""update pgdurable.schedules set inputs = '{"args": [], "kwargs": {}}'""")
+    set_now(db, minute(2))
+    assert sweep(db)["schedule_errors"] == 0
+    assert tick_id("broken", minute(2)) in scheduled_ids(db)
+    assert db.execute("select last_error, last_error_at from pgdurable.schedules "
+                      "where name = 'broken'").fetchone() == (None, None)
 
 
 # -- several sweepers -----------------------------------------------------------------------------

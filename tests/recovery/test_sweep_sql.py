@@ -30,7 +30,8 @@ from .helpers import (
 )
 
 Conn = psycopg.Connection[Any]
-COUNT_KEYS = {"requeued", "dead_lettered", "woken_queues", "scheduled", "purged"}
+COUNT_KEYS = {"requeued", "dead_lettered", "woken_queues", "scheduled", "schedule_errors",
+              "purged"}
 
 
 @pytest.fixture
@@ -148,9 +149,6 @@ def test_declare_queue_recoveries_refuses_a_budget_below_one(db: Conn, bad: int 
     assert scalar(db, "select max_recoveries from pgdurable.queues where name = 'default'") == 10
 
 
-@pytest.mark.xfail(reason="BUG: declare_queue_recoveries silently does nothing for an unknown "
-                          "queue (a typo goes unnoticed) instead of raising PD007",
-                   strict=True)
 def test_declare_queue_recoveries_refuses_an_unknown_queue(db: Conn) -> None:
     with sqlstate("PD007"):
         db.execute("select pgdurable.declare_queue_recoveries('no-such-queue', 3)")
@@ -253,10 +251,6 @@ def test_runs_requeued_by_a_sweep_wake_their_queue(dsn: str, db: Conn) -> None:
         assert notifications(listener, timeout=5, expect=1) == ["work"]
 
 
-@pytest.mark.xfail(reason="BUG: recover_sweep stores its start time as last_sweep_at, but the "
-                          "runs it requeues get a later available_at (expire_leases reads the "
-                          "clock again), so the next sweep's wake_due wakes their queue a "
-                          "second time", strict=True)
 def test_a_requeued_run_wakes_its_queue_once(conn: Conn) -> None:
     """On the wall clock (a frozen clock hides it)."""
     enqueue(conn, wid="r")
@@ -361,7 +355,7 @@ def test_recover_sweep_returns_all_counts_as_json(db: Conn) -> None:
     set_now(db, at(200))
     counts = sweep(db, limit=10, retention=100)
     assert counts == {"requeued": 1, "dead_lettered": 1, "woken_queues": 1, "scheduled": 0,
-                      "purged": 1}
+                      "schedule_errors": 0, "purged": 1}
     assert set(counts) == COUNT_KEYS
     json.dumps(counts)
     assert scalar(db, "select last_sweep_at from pgdurable.sweeps") == at(200)
