@@ -268,13 +268,17 @@ class App:
         worker_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
         partition_concurrency: int | None = None,
+        max_recoveries: int | None = None,
     ) -> Queue:
         """Declare a queue and its limits (None = unlimited). Limits are stored in the
-        database when this App connects, so all workers enforce the same ones."""
+        database when this App connects, so all workers enforce the same ones.
+        `max_recoveries`: lease expiries after which a run ends failed (None: keep the stored
+        budget, 10 for a new queue)."""
         if name in self.registry.queues:
             raise RegistrationError(f"queue {name!r} is already declared")
         queue = Queue(self, name, concurrency=concurrency, worker_concurrency=worker_concurrency,
-                      rate_limit=rate_limit, partition_concurrency=partition_concurrency)
+                      rate_limit=rate_limit, partition_concurrency=partition_concurrency,
+                      max_recoveries=max_recoveries)
         self.registry.queues[name] = queue
         if self._db is not None:
             queue.declare()

@@ -78,6 +78,7 @@ class Queue:
         worker_concurrency: int | None = None,
         rate_limit: RateLimit | None = None,
         partition_concurrency: int | None = None,
+        max_recoveries: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"a queue needs a non-empty name, not {name!r}")
@@ -89,16 +90,22 @@ class Queue:
         self.worker_concurrency = _positive("worker_concurrency", worker_concurrency)
         self.rate_limit = rate_limit
         self.partition_concurrency = _positive("partition_concurrency", partition_concurrency)
+        # None leaves the stored budget alone (10 for a new queue, or what SQL set).
+        self.max_recoveries = _positive("max_recoveries", max_recoveries)
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r})"
 
     def declare(self, conn: psycopg.Connection[Any] | None = None) -> None:
         """Write this queue's limits to the database (done automatically on connect)."""
-        if conn is not None:
-            run_query(conn, "declare_queue", self._limits())
-        else:
-            self.app.db.fetch_one("declare_queue", self._limits())
+        if conn is None:
+            with self.app.db.connection() as pooled:
+                self.declare(pooled)
+            return
+        run_query(conn, "declare_queue", self._limits())
+        if self.max_recoveries is not None:
+            run_query(conn, "declare_queue_recoveries",
+                      {"name": self.name, "max_recoveries": self.max_recoveries})
 
     def _limits(self) -> dict[str, Any]:
         return (

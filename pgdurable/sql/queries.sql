@@ -84,6 +84,9 @@ select pgdurable.declare_queue(%(name)s, %(concurrency)s, %(worker_concurrency)s
                                %(rate_limit)s, %(rate_period_seconds)s,
                                %(partition_concurrency)s)
 
+-- name: declare_queue_recoveries
+select pgdurable.declare_queue_recoveries(%(name)s, %(max_recoveries)s)
+
 -- name: set_queue_paused
 select pgdurable.set_queue_paused(%(name)s, %(paused)s) as paused
 

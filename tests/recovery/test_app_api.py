@@ -244,3 +244,31 @@ def test_recovery_settings_defaults() -> None:
 def test_recovery_settings_refuse_bad_values(kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument):
         RecoverySettings(**kwargs)
+
+
+# -- recovery budget ------------------------------------------------------------------------------
+
+
+def test_a_queue_declares_its_recovery_budget(app: pgdurable.App, conn: Conn) -> None:
+    app.queue("fragile", max_recoveries=2)
+    app.queue("plain")
+    app.db  # noqa: B018
+    app.queue("late", max_recoveries=5)  # declared after connecting: stored at once
+    budgets = dict(conn.execute("select name, max_recoveries from pgdurable.queues").fetchall())
+    assert (budgets["fragile"], budgets["plain"], budgets["late"]) == (2, 10, 5)
+
+    conn.execute("select pgdurable.declare_queue_recoveries('plain', 4)")
+    other = pgdurable.App(app.db.dsn)
+    try:
+        other.queue("plain")  # no budget given: the stored one stays
+        other.db  # noqa: B018
+    finally:
+        other.close()
+    assert scalar(conn, "select max_recoveries from pgdurable.queues where name = 'plain'") == 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_a_bad_recovery_budget_is_refused_at_declaration(app: pgdurable.App, bad: Any) -> None:
+    with pytest.raises(InvalidArgument, match="max_recoveries"):
+        app.queue("fragile", max_recoveries=bad)
+    assert "fragile" not in app.registry.queues
