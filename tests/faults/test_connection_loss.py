@@ -180,6 +180,7 @@ def test_an_execution_that_loses_the_database_for_too_long_records_no_failure(
                 time.sleep(3.0)  # the retry budget (1 s) runs out while recording the step
             finally:
                 admin.execute(f'alter database "{dbname}" allow_connections true')
+        app.db.retry_seconds = 60.0  # the pool may take a few seconds to reconnect
         row = conn.execute("select status from pgdurable.workflows where id = 'outage'")
         assert row.fetchone() == ("running",)  # not failed: the outcome was never decided
         assert conn.execute("select step_no from pgdurable.steps where workflow_id = 'outage'"
