@@ -26,6 +26,7 @@ from pgdurable.errors import (
 )
 from pgdurable.handle import StepInfo, WorkflowHandle, WorkflowInfo
 from pgdurable.queues import Queue, RateLimit
+from pgdurable.sleeping import sleep
 from pgdurable.worker import Worker
 
 __version__ = "0.1.0"
@@ -60,5 +61,6 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowNotFound",
     "__version__",
+    "sleep",
     "workflow_id",
 ]

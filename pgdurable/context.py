@@ -31,6 +31,7 @@ class WorkflowContext:
     recorded: dict[int, RecordedStep] = field(default_factory=dict)
     next_step_no: int = 0
     in_step: bool = False  # steps called from inside a step run as plain functions
+    suspendable: bool = False  # a worker's run: long sleeps give the run back to its queue
 
     def take_step_no(self) -> int:
         """Steps are numbered by call order: the same code replays the same numbers."""

@@ -21,6 +21,7 @@ from pgdurable import context
 from pgdurable.context import RecordedStep, WorkflowContext
 from pgdurable.errors import DatabaseUnavailable, FencedError, WorkflowNotFound
 from pgdurable.serde import error_record
+from pgdurable.sleeping import Suspended
 
 if TYPE_CHECKING:
     from pgdurable.app import App
@@ -55,13 +56,15 @@ class Executor:
         *,
         after_xact: str | None = None,
         has_steps: bool = True,
+        suspendable: bool = False,
     ) -> Future[None]:
         """Run an execution in the background. With `after_xact`, wait until that transaction
         (the caller's, which created the run) commits; if it rolls back, do nothing.
-        `has_steps=False` (a first execution) skips loading checkpoints."""
+        `has_steps=False` (a first execution) skips loading checkpoints. `suspendable` (a
+        worker's run): a long `pgdurable.sleep` suspends the run instead of waiting here."""
         self._ensure_heartbeat()
         future = self._pool.submit(
-            self._run, wf, workflow_id, epoch, inputs, after_xact, has_steps
+            self._run, wf, workflow_id, epoch, inputs, after_xact, has_steps, suspendable
         )
         with self._lock:
             self._running[workflow_id] = future
@@ -93,12 +96,14 @@ class Executor:
         inputs: dict[str, Any],
         after_xact: str | None,
         has_steps: bool,
+        suspendable: bool,
     ) -> None:
         if after_xact is not None and not self._wait_for_commit(after_xact):
             log.info("workflow %s: the transaction that started it rolled back", workflow_id)
             return
         try:
-            execute(self.app, wf, workflow_id, epoch, inputs, has_steps=has_steps)
+            execute(self.app, wf, workflow_id, epoch, inputs, has_steps=has_steps,
+                    suspendable=suspendable)
         except (FencedError, WorkflowNotFound, DatabaseUnavailable) as exc:
             # Nothing recorded: if the run is still ours its lease expires and it is taken over.
             log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
@@ -154,8 +159,10 @@ def execute(
     inputs: dict[str, Any],
     *,
     has_steps: bool = True,
+    suspendable: bool = False,
 ) -> None:
-    """Run (or replay) one execution of a workflow to the end and record how it ended.
+    """Run (or replay) one execution of a workflow to the end and record how it ended, or
+    until it suspends itself (a long durable sleep): the run is then back on its queue.
 
     Raises FencedError if the run was taken over meanwhile; nothing is then recorded.
     """
@@ -165,12 +172,16 @@ def execute(
         r["step_no"]: RecordedStep(r["step_no"], r["name"], r["status"], r["output"], r["error"])
         for r in rows
     }
-    ctx = WorkflowContext(app=app, workflow_id=workflow_id, epoch=epoch, recorded=recorded)
+    ctx = WorkflowContext(app=app, workflow_id=workflow_id, epoch=epoch, recorded=recorded,
+                          suspendable=suspendable)
     token = context.activate(ctx)
     try:
         try:
             args, kwargs = wf.signature.decode_args(inputs)
             output = wf.signature.encode_result(wf.fn(*args, **kwargs))
+        except Suspended as suspended:
+            log.debug("workflow %s: %s", workflow_id, suspended)
+            return  # pending until its wake-up time; a worker continues it then
         except (FencedError, WorkflowNotFound, DatabaseUnavailable):
             # Taken over, cancelled or deleted under us, or the database stayed out of reach:
             # nothing of ours to record (the run's outcome is not this execution's to decide).

@@ -39,7 +39,7 @@ class _RecordedElsewhere(Exception):
 
 def run_step(ctx: WorkflowContext, step: StepFunction[Any, Any], body: Callable[[], Any]) -> Any:
     step_no = ctx.take_step_no()
-    recorded = _recorded(ctx, step_no, step.name)
+    recorded = recorded_step(ctx, step_no, step.name)
     if recorded is not None:
         return _outcome(recorded, step)
     if step.at_most_once:
@@ -67,7 +67,7 @@ def run_transaction(
     body: Callable[[psycopg.Connection[Any]], Any],
 ) -> Any:
     step_no = ctx.take_step_no()
-    recorded = _recorded(ctx, step_no, step.name)
+    recorded = recorded_step(ctx, step_no, step.name)
     if recorded is not None:
         return _outcome(recorded, step)
 
@@ -142,10 +142,11 @@ def _recorded_now(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep
     for r in ctx.app.db.fetch_all("load_steps", {"id": ctx.workflow_id, "epoch": ctx.epoch}):
         ctx.recorded[r["step_no"]] = RecordedStep(
             r["step_no"], r["name"], r["status"], r["output"], r["error"])
-    return _recorded(ctx, step_no, name)
+    return recorded_step(ctx, step_no, name)
 
 
-def _recorded(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
+def recorded_step(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
+    """The outcome recorded at `step_no`, if any; NonDeterminismError if another step is."""
     recorded = ctx.recorded.get(step_no)
     if recorded is not None and recorded.name != name:
         raise NonDeterminismError(

@@ -175,7 +175,8 @@ class Worker:
         for row in rows:
             wf = self.app.registry.workflows[row["name"]]
             future = self.app.executor.submit(
-                wf, row["id"], row["epoch"], row["inputs"], has_steps=row["has_steps"]
+                wf, row["id"], row["epoch"], row["inputs"], has_steps=row["has_steps"],
+                suspendable=True,
             )
             with self._lock:
                 self._claimed[row["id"]] = _Claimed(row["id"], row["epoch"], future)

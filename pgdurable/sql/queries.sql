@@ -145,3 +145,10 @@ select pg_try_advisory_lock(7301544015412283462) as leader
 select name, cron, workflow_name, queue, timezone, catch_up, last_tick, last_error,
        last_error_at
   from pgdurable.schedules order by name
+
+-- name: sleep_step
+select wake_at, remaining_seconds
+  from pgdurable.sleep_step(%(id)s, %(epoch)s, %(step_no)s, %(seconds)s)
+
+-- name: suspend
+select pgdurable.suspend(%(id)s, %(epoch)s, %(until)s)

@@ -127,6 +127,11 @@ def workflow(conn: Conn, wid: str) -> Row:
     return rows[0]
 
 
+def notifications(listener: Conn, timeout: float = 0.2, expect: int | None = None) -> list[str]:
+    """Notifications received within `timeout` (returning early once `expect` arrived)."""
+    return [n.payload for n in listener.notifies(timeout=timeout, stop_after=expect)]
+
+
 def ready_ids(conn: Conn) -> set[str]:
     return {str(r[0]) for r in conn.execute("select workflow_id from pgdurable.ready")}
 

@@ -20,6 +20,7 @@ from .helpers import (
     enqueue,
     expire,
     finish,
+    notifications,
     ready_ids,
     record,
     scalar,
@@ -212,11 +213,6 @@ def test_requeue_expired_counts_requeued_and_dead_lettered_runs(db: Conn) -> Non
 
 
 # -- wake-ups of due runs -------------------------------------------------------------------------
-
-
-def notifications(listener: Conn, timeout: float = 0.2, expect: int | None = None) -> list[str]:
-    """Notifications received within `timeout` (returning early once `expect` arrived)."""
-    return [n.payload for n in listener.notifies(timeout=timeout, stop_after=expect)]
 
 
 def test_the_sweep_wakes_queues_whose_runs_became_due(dsn: str, db: Conn) -> None:
