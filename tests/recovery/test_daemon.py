@@ -91,19 +91,25 @@ def test_a_leader_whose_connection_is_killed_steps_down_and_recovery_continues(
     dsn: str, conn: Conn, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="pgdurable.recovery")
+    def stepped_down() -> int:
+        return sum("lost its connection" in r.getMessage() and "stepping down" in r.getMessage()
+                   for r in caplog.records)
+
     with running(dsn, "daemon-a", "daemon-b") as daemons:
         first = wait_for_leader(conn)
-        for _ in range(3):  # kill whoever leads, three times
+        for killed in range(1, 4):  # kill whoever leads, three times
             current = wait_for_leader(conn)
             assert terminate(conn, current) == 1
+            # A killed leader notices at its next sweep (within an interval), then steps down.
+            wait_until(lambda n=killed: stepped_down() >= n, timeout=10,
+                       what="the killed leader to step down")
             wait_until(lambda: leader(conn) is not None, timeout=10, what="a new leader")
         expired_run(conn, "orphan")
         wait_until(lambda: workflow(conn, "orphan")["status"] == "pending", timeout=10,
                    what="the orphan to be requeued by whoever leads now")
         assert [d.is_leader for d in daemons].count(True) == 1
     assert first in ("daemon-a", "daemon-b")
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("lost its connection" in m and "stepping down" in m for m in messages) >= 3
+    assert stepped_down() >= 3
 
 
 def test_the_daemon_survives_its_only_connection_being_killed(dsn: str, conn: Conn) -> None:
