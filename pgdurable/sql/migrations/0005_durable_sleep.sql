@@ -63,3 +63,10 @@ begin
     end if;
 end
 $$;
+
+-- A graceful release (worker shutdown) is a suspension until now: back on the queue at once,
+-- with a wake-up.
+create or replace function pgdurable.release(p_id text, p_epoch integer) returns void
+language sql as $$
+    select pgdurable.suspend(p_id, p_epoch, pgdurable.now())
+$$;
