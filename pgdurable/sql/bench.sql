@@ -250,10 +250,11 @@ select set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', '
 
 -- name: claim_probe
 -- The candidate scan of pgdurable.claim (its FOR loop, bounded here by a LIMIT), explained
--- with the rows it would lock; run in a transaction that is rolled back.
+-- with the rows it would lock; run in a transaction that is rolled back. The time is computed
+-- once, as claim's `v_now` is: a bare volatile pgdurable.now() would not be an index condition.
 explain (analyze, buffers, format json)
 select r.workflow_id, r.partition_key from pgdurable.ready r
- where r.queue = %(queue)s and r.available_at <= pgdurable.now()
+ where r.queue = %(queue)s and r.available_at <= (select pgdurable.now())
    and r.name = any(%(names)s::text[])
  order by r.priority, r.available_at, r.seq
  limit %(limit)s
