@@ -54,8 +54,10 @@ HELD = "backlog xmin held"
 BACKLOG_PRIORITY = 1  # the measured runs have the default 0; lower numbers are claimed first
 FILL_BATCH = 10_000   # runs per enqueue_many call (one transaction each) while filling
 POLL = 0.05           # seconds between progress checks while workers run
-TABLE_FIELDS = ("n_live_tup", "n_dead_tup", "table_bytes", "index_bytes", "indexes",
-                "n_tup_upd", "n_tup_hot_upd", "n_tup_del", "autovacuum_count")
+TABLE_FIELDS = ("n_live_tup", "n_dead_tup", "table_bytes", "index_bytes", "indexes")
+# Cumulative counters of pg_stat_user_tables, reported as the change during the churn.
+COUNTERS = {"n_tup_upd": "updates", "n_tup_hot_upd": "hot_updates", "n_tup_del": "deletes",
+            "autovacuum_count": "autovacuums", "autoanalyze_count": "autoanalyzes"}
 
 
 def queued_label(rows: int) -> str:
@@ -102,7 +104,16 @@ def _reset(env: Env) -> None:
 def _tables(env: Env) -> dict[str, dict[str, Any]]:
     """pg_stat_user_tables counts and sizes of pgdurable.ready and pgdurable.workflows."""
     _flush_stats(env)
-    return {row["table"]: {k: row[k] for k in TABLE_FIELDS} for row in env.rows("backlog_tables")}
+    return {row["table"]: {k: row[k] for k in (*TABLE_FIELDS, *COUNTERS)}
+            for row in env.rows("backlog_tables")}
+
+
+def _table_change(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, Any]:
+    """State before and after; counters as what changed in between."""
+    before = before or {}
+    return {"before": {k: before.get(k) for k in TABLE_FIELDS},
+            "after": {k: after[k] for k in TABLE_FIELDS},
+            "during": {name: after[k] - before.get(k, 0) for k, name in COUNTERS.items()}}
 
 
 def _claim_probe(env: Env, work: Workload) -> dict[str, Any]:
@@ -150,7 +161,7 @@ def _snapshot(env: Env, work: Workload) -> Snapshot:
 
 def _compare(work: Workload, before: Snapshot, after: Snapshot, runs: int) -> dict[str, Any]:
     return {
-        "tables": {name: {"before": before.tables.get(name), "after": after.tables.get(name)}
+        "tables": {name: _table_change(before.tables.get(name), after.tables[name])
                    for name in sorted(after.tables)},
         "claim_probe": {"before": before.probe, "after": after.probe},
         "functions": _function_delta(work, before.functions, after.functions, runs),
@@ -416,10 +427,15 @@ def detail_text(entry: dict[str, Any]) -> list[str]:
                    f"{_n(d['first_round_jobs_per_s'])} jobs/s, "
                    f"last {_n(d['last_round_jobs_per_s'])}")
     for name, change in (d.get("tables") or {}).items():
+        during = change.get("during") or {}
         out.append(f"    {name:<10} live {_pair(change, 'n_live_tup', _n)}   "
                    f"dead {_pair(change, 'n_dead_tup', _n)}   "
                    f"table {_pair(change, 'table_bytes', _mib)} MiB   "
-                   f"indexes {_pair(change, 'index_bytes', _mib)} MiB")
+                   f"indexes {_pair(change, 'index_bytes', _mib)} MiB   "
+                   f"updates {_n(during.get('updates'))} ({_n(during.get('hot_updates'))} HOT), "
+                   f"deletes {_n(during.get('deletes'))}, "
+                   f"autovacuum/analyze {_n(during.get('autovacuums'))}/"
+                   f"{_n(during.get('autoanalyzes'))}")
     probe = d.get("claim_probe")
     if probe:
         out.append(f"    claim scan (EXPLAIN ANALYZE): {_pair(probe, 'ms', lambda v: f'{v:.2f}')}"

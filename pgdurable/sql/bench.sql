@@ -220,9 +220,11 @@ select pg_stat_force_next_flush()
 
 -- name: backlog_tables
 -- Size and tuple counts of the two tables of the hot path. Sizes are the main fork only
--- (pg_relation_size) and all indexes (pg_indexes_size).
+-- (pg_relation_size) and all indexes (pg_indexes_size). n_live_tup / n_dead_tup are the
+-- server's running estimates (each VACUUM and ANALYZE overwrites them with its own count).
 select s.relname as "table", s.n_live_tup, s.n_dead_tup, s.n_tup_upd, s.n_tup_hot_upd,
-       s.n_tup_del, s.autovacuum_count, pg_relation_size(s.relid) as table_bytes,
+       s.n_tup_del, s.autovacuum_count, s.autoanalyze_count,
+       pg_relation_size(s.relid) as table_bytes,
        pg_indexes_size(s.relid) as index_bytes,
        (select jsonb_object_agg(i.indexrelname, pg_relation_size(i.indexrelid))
           from pg_stat_user_indexes i where i.relid = s.relid) as indexes
