@@ -52,7 +52,8 @@ LINES = 3
 FRESH = "backlog fresh"
 HELD = "backlog xmin held"
 BACKLOG_PRIORITY = 1  # the measured runs have the default 0; lower numbers are claimed first
-FILL_BATCH = 10_000   # runs per enqueue_many call (one transaction each) while filling
+FILL_BATCH = 10_000   # runs per enqueue_many call (one transaction each) while filling ...
+FILL_BYTES = 64 << 20  # ... or fewer, so that a batch's inputs stay under this size
 POLL = 0.05           # seconds between progress checks while workers run
 TABLE_FIELDS = ("n_live_tup", "n_dead_tup", "table_bytes", "index_bytes", "indexes")
 # Cumulative counters of pg_stat_user_tables, reported as the change during the churn.
@@ -216,9 +217,10 @@ def _fill(env: Env, work: Workload) -> dict[str, Any]:
     analyzed and checkpointed, so the measurement starts from a settled table."""
     rows = env.settings.backlog_rows
     inputs = Jsonb(work.flow.signature.encode_args(work.args, {}))
+    batch = max(1, min(FILL_BATCH, FILL_BYTES // (env.settings.payload_bytes + 100)))
     t0 = time.perf_counter()
-    for start in range(0, rows, FILL_BATCH):
-        size = min(FILL_BATCH, rows - start)
+    for start in range(0, rows, batch):
+        size = min(batch, rows - start)
         env.rows("backlog_fill", {"queue": QUEUE, "name": work.flow.name, "inputs": inputs,
                                   "count": size, "priority": BACKLOG_PRIORITY})
         env.tick(f"backlog fill {start + size:,}/{rows:,}")
