@@ -27,7 +27,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from pgdurable import __version__, migrate
+from pgdurable import __version__, bench_backlog, migrate
 from pgdurable.bench_app import build
 from pgdurable.bench_measure import BenchError, Processes
 from pgdurable.bench_report import rounded, summarize, table
@@ -37,6 +37,7 @@ from pgdurable.bench_scenarios import (
     SCENARIOS,
     Env,
     Line,
+    Scenario,
     Settings,
     child_env,
     planned_lines,
@@ -47,6 +48,11 @@ from pgdurable.db import connect
 from pgdurable.errors import PgDurableError
 
 T = TypeVar("T")
+
+# Every scenario, in the order they run. `backlog` (a million-row fill and a minute of held
+# xmin per run) runs only when named; the others are the default.
+DEFAULT_SCENARIOS = list(SCENARIOS)
+ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, bench_backlog.SCENARIO: bench_backlog.backlog}
 
 
 class OneLineErrors(click.Command):
@@ -64,10 +70,16 @@ class OneLineErrors(click.Command):
 def plan(selected: Sequence[str]) -> list[str]:
     """The scenarios to run, in their canonical order; the yardstick joins whenever a
     scenario is compared with it."""
-    wanted = set(selected or SCENARIOS)
+    wanted = set(selected or DEFAULT_SCENARIOS)
     if wanted & NEEDS_BASELINE:
         wanted.add(BASELINE)
-    return [name for name in SCENARIOS if name in wanted]
+    return [name for name in ALL_SCENARIOS if name in wanted]
+
+
+def _planned(name: str, settings: Settings) -> int:
+    if name == bench_backlog.SCENARIO:
+        return bench_backlog.LINES
+    return planned_lines(name, settings)
 
 
 # -- the bench database -------------------------------------------------------------------------
@@ -140,7 +152,7 @@ def run(settings: Settings, scenarios: Sequence[str], server_dsn: str
     alike) in a fresh bench database. Returns the server description and the lines per run."""
     with connect(server_dsn) as conn:
         server = _server_info(conn)
-    total = settings.repeat * sum(planned_lines(name, settings) for name in scenarios)
+    total = settings.repeat * sum(_planned(name, settings) for name in scenarios)
     with sigterm_as_interrupt(), bench_database(server_dsn) as (db, dsn):
         server["database"] = db
         bench = build(dsn)
@@ -160,7 +172,7 @@ def run(settings: Settings, scenarios: Sequence[str], server_dsn: str
 
 
 def _one_run(env: Env, scenarios: Sequence[str]) -> list[Line]:
-    return [line for name in scenarios for line in SCENARIOS[name](env)]
+    return [line for name in scenarios for line in ALL_SCENARIOS[name](env)]
 
 
 @contextmanager
@@ -187,13 +199,16 @@ def progress_bar(env: Env, total: int) -> Iterator[None]:
 # -- the command --------------------------------------------------------------------------------
 
 
-def _header(settings: Settings, server: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+def _header(settings: Settings, server: dict[str, Any], machine: dict[str, Any],
+            scenarios: Sequence[str]) -> list[str]:
     runs = f"median of {settings.repeat} runs" if settings.repeat > 1 else "1 run"
     steps = "0/1/3" if settings.steps is None else str(settings.steps)
+    backlog = (f" backlog-rows={settings.backlog_rows} xmin-seconds={settings.xmin_seconds}"
+               if bench_backlog.SCENARIO in scenarios else "")
     return [
         f"pgdurable bench: n={settings.n} workers={settings.workers} "
-        f"concurrency={settings.concurrency} steps={steps} payload={settings.payload_bytes} B "
-        f"({runs})",
+        f"concurrency={settings.concurrency} steps={steps} payload={settings.payload_bytes} B"
+        f"{backlog} ({runs})",
         f"PostgreSQL {server.get('server_version')} (fsync={server.get('fsync')}, "
         f"synchronous_commit={server.get('synchronous_commit')}), "
         f"{machine['nproc']} CPUs ({machine['cpu']}), Python {machine['python']}",
@@ -227,7 +242,7 @@ def _friendly(verbose: bool, fn: Callable[[], T]) -> T:
 
 @click.command("bench", cls=OneLineErrors)
 @click.argument("scenarios", nargs=-1, metavar="[SCENARIO]...",
-                type=click.Choice(list(SCENARIOS)))
+                type=click.Choice(list(ALL_SCENARIOS)))
 @click.option("--dsn", envvar="PGDURABLE_DSN", show_envvar=True,
               help="Server to benchmark on (any database of it: the bench creates and drops "
               "its own). Default: libpq PG* variables, else the embedded server.")
@@ -244,22 +259,31 @@ def _friendly(verbose: bool, fn: Callable[[], T]) -> T:
               show_default=True, help="Size of the string argument each run gets.")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run every scenario this many times; report the median (and min-max).")
+@click.option("--backlog-rows", type=click.IntRange(min=1), default=1_000_000,
+              show_default=True,
+              help="backlog: runs standing queued (behind the measured ones) in its second line.")
+@click.option("--xmin-seconds", type=click.IntRange(min=1), default=60, show_default=True,
+              help="backlog: how long a snapshot is held open (the workload repeats meanwhile) "
+              "in its third line.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Also write the JSON report to this file.")
 def bench_command(scenarios: tuple[str, ...], dsn: str | None, n: int, workers: int,
                   concurrency: int, steps: int | None, payload_bytes: int, repeat: int,
-                  as_json: bool, out: Path | None) -> None:
+                  backlog_rows: int, xmin_seconds: int, as_json: bool, out: Path | None) -> None:
     """Benchmark pgdurable against raw SQL on the same server.
 
-    SCENARIO: baseline-sql, enqueue, queue, direct, transaction, latency (default: all).
-    Every line states its ratio to the yardstick of the same run: baseline-sql (the same
-    enqueue -> claim -> complete lifecycle in plain SQL), a raw INSERT (enqueue), a raw
-    one-commit-per-step loop (direct) or a raw LISTEN loop (latency).
+    SCENARIO: baseline-sql, enqueue, queue, direct, transaction, latency (default: all of
+    these), backlog (only when named: it fills a million-row backlog and holds xmin for a
+    minute, per run). Every line states its ratio to the yardstick of the same run:
+    baseline-sql (the same enqueue -> claim -> complete lifecycle in plain SQL), a raw INSERT
+    (enqueue), a raw one-commit-per-step loop (direct), a raw LISTEN loop (latency), or the
+    same workload on fresh tables (backlog).
     """
     root = click.get_current_context().find_root().obj
     verbose = bool(root.get("verbose")) if isinstance(root, dict) else False
-    settings = Settings(n, workers, concurrency, steps, payload_bytes, repeat)
+    settings = Settings(n, workers, concurrency, steps, payload_bytes, repeat,
+                        backlog_rows=backlog_rows, xmin_seconds=xmin_seconds)
     if out is not None and not out.parent.is_dir():  # fail now, not after the whole run
         raise click.ClickException(f"--out {out}: directory {out.parent} does not exist")
     chosen = plan(scenarios)
@@ -279,4 +303,4 @@ def bench_command(scenarios: tuple[str, ...], dsn: str | None, n: int, workers: 
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(table(summary, _header(settings, server, machine)))
+        click.echo(table(summary, _header(settings, server, machine, chosen)))

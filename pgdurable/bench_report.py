@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from pgdurable.bench_backlog import detail_text
 from pgdurable.bench_measure import Latency
 from pgdurable.bench_scenarios import Line
 
@@ -69,6 +70,21 @@ def summarize(runs: Sequence[Sequence[Line]]) -> list[dict[str, Any]]:
     return [_entry(lines, ratios.get(name)) for name, lines in names.items()]
 
 
+def _median_tree(values: Sequence[Any]) -> Any:
+    """The median of each number across the runs' details (same shape each run); anything else
+    (text, null) from the first run."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    first = known[0]
+    if isinstance(first, dict):
+        return {k: _median_tree([v.get(k) for v in known if isinstance(v, dict)]) for k in first}
+    numbers = [v for v in known if isinstance(v, int | float) and not isinstance(v, bool)]
+    if len(numbers) == len(known):
+        return statistics.median(numbers)
+    return first
+
+
 def _entry(lines: list[Line], ratios: list[float] | None) -> dict[str, Any]:
     first = lines[0]
     throughputs = [line.throughput for line in lines if line.throughput is not None]
@@ -91,6 +107,7 @@ def _entry(lines: list[Line], ratios: list[float] | None) -> dict[str, Any]:
         "server_cpu_s": _median_or_none([line.measured.server_cpu_s for line in lines]),
         "wal_bytes_per_job": statistics.median(line.measured.wal_bytes / line.count
                                                for line in lines),
+        "detail": _median_tree([line.detail for line in lines]),
     }
 
 
@@ -148,4 +165,10 @@ def table(summary: Sequence[dict[str, Any]], header: Sequence[str]) -> str:
                    f"{e['cpu_s']:>6.2f} {server:>6} {e['wal_bytes_per_job']:>9,.0f}")
         if e["latency_ms"]:
             out.append(f"{'':<4}latency ms p50/p95/p99: {_latency_text(e['latency_ms'])}")
+    backlog = [e for e in summary if e["scenario"] == "backlog" and e.get("detail")]
+    if backlog:
+        out.append("")
+        out.append("backlog, before -> after the measured churn (medians):")
+        for e in backlog:
+            out.extend(detail_text(e))
     return "\n".join(out)

@@ -50,6 +50,8 @@ class Settings:
     steps: int | None = None
     payload_bytes: int = 0
     repeat: int = 1
+    backlog_rows: int = 1_000_000
+    xmin_seconds: int = 60
 
     @property
     def queue_steps(self) -> tuple[int, ...]:
@@ -83,6 +85,8 @@ class Line:
     # What the ratio to `reference` compares: "throughput" (higher is better), or a latency
     # key whose p50 is compared (lower is better).
     metric: str = "throughput"
+    # Scenario-specific figures (the backlog's table sizes and dead tuples, ...), JSON-ready.
+    detail: dict[str, Any] | None = None
 
 
 @dataclass
@@ -141,7 +145,7 @@ class Probe:
 # -- worker processes ---------------------------------------------------------------------------
 
 
-def _worker_args(env: Env, *extra: str) -> list[str]:
+def worker_args(env: Env, *extra: str) -> list[str]:
     return ["-m", "pgdurable.cli", "worker", "pgdurable.bench_app:app", "--queue", QUEUE,
             "--concurrency", str(env.settings.concurrency), *extra]
 
@@ -151,7 +155,7 @@ def _baseline_args(env: Env, mode: str) -> list[str]:
             "--concurrency", str(env.settings.concurrency)]
 
 
-def _wait_workers(env: Env, procs: list[subprocess.Popen[bytes]], label: str) -> None:
+def wait_workers(env: Env, procs: list[subprocess.Popen[bytes]], label: str) -> None:
     """Wait until every (exit-when-idle) worker has exited, reporting progress."""
     timeout = 120 + env.settings.n / 20
     deadline = time.monotonic() + timeout
@@ -223,7 +227,7 @@ def _enqueue_many(env: Env, steps: int | None, count: int) -> None:
 # -- lifecycle scenarios: baseline-sql, queue, transaction ----------------------------------------
 
 
-def _stats_latency(stats: dict[str, Any]) -> dict[str, Latency]:
+def stats_latency(stats: dict[str, Any]) -> dict[str, Latency]:
     keys = ("enqueue_to_start", "enqueue_to_finish", "start_to_finish")
     return {k: db_percentiles(stats[k]) for k in keys if stats[k]}
 
@@ -247,7 +251,7 @@ def _lifecycle(env: Env, scenario: str, label: str, enqueue: Callable[[], None],
     probe = Probe(env)
     enqueue()
     procs = [env.procs.spawn(worker) for _ in range(env.settings.workers)]
-    _wait_workers(env, procs, label)
+    wait_workers(env, procs, label)
     measured = probe.stop()
     stats = env.one(stats_query, {"from_first_claim": True})
     try:
@@ -260,7 +264,7 @@ def _lifecycle(env: Env, scenario: str, label: str, enqueue: Callable[[], None],
     env.end()
     return Line(scenario, label, "jobs/s", env.settings.n,
                 dataclasses.replace(measured, seconds=window),
-                env.settings.n / window if window > 0 else None, _stats_latency(stats),
+                env.settings.n / window if window > 0 else None, stats_latency(stats),
                 None if label == BASELINE else BASELINE)
 
 
@@ -277,7 +281,7 @@ def queue(env: Env) -> list[Line]:
         lines.append(_lifecycle(
             env, "queue", f"queue {steps}-step",
             functools.partial(_enqueue_many, env, steps, env.settings.n),
-            _worker_args(env, "--exit-when-idle"), "workflow_stats", "unfinished"))
+            worker_args(env, "--exit-when-idle"), "workflow_stats", "unfinished"))
     return lines
 
 
@@ -285,7 +289,7 @@ def transaction(env: Env) -> list[Line]:
     """Queued workflows whose one step is an @app.transaction inserting one row."""
     line = _lifecycle(env, "transaction", "transaction 1-step",
                       lambda: _enqueue_many(env, None, env.settings.n),
-                      _worker_args(env, "--exit-when-idle"), "workflow_stats", "unfinished")
+                      worker_args(env, "--exit-when-idle"), "workflow_stats", "unfinished")
     written = env.one("tx_rows")["n"]
     if written != env.settings.n:
         raise BenchError(f"transaction: {written} rows written for {env.settings.n} runs")
@@ -452,7 +456,7 @@ def latency(env: Env) -> list[Line]:
     return [
         _idle_latency(env, raw, _baseline_args(env, "listen"), raw_enqueue,
                       ("job_stats", "job_status", "done"), None),
-        _idle_latency(env, "idle worker", _worker_args(env, "--poll-interval", "5"),
+        _idle_latency(env, "idle worker", worker_args(env, "--poll-interval", "5"),
                       enqueue, ("workflow_stats", "run_status", "succeeded"), raw),
     ]
 

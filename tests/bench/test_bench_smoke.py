@@ -54,6 +54,7 @@ def _check_entry(entry: dict[str, Any]) -> None:
     assert set(entry) >= {"scenario", "name", "unit", "count", "runs", "is_reference",
                           "throughput", "ratio", "latency_ms", "seconds", "cpu_s",
                           "wal_bytes_per_job", "server_cpu_s"}
+    assert set(entry) >= {"detail"}
     assert entry["runs"] == 1 and entry["count"] > 0
     assert entry["cpu_s"] >= 0 and entry["seconds"] > 0
     assert isinstance(entry["wal_bytes_per_job"], int | float)
@@ -120,6 +121,80 @@ def test_ctrl_c_drops_the_database(server_dsn: str) -> None:
     assert not ours & _bench_databases(server_dsn)
 
 
+def _check_change(change: dict[str, Any], fields: set[str]) -> None:
+    assert set(change) >= {"before", "after"}
+    for side in ("before", "after"):
+        assert set(change[side]) >= fields, change
+
+
+def test_backlog_reports_its_three_lines_with_a_real_backlog_and_held_xmin(
+        server_dsn: str, tmp_path: Path) -> None:
+    out = tmp_path / "backlog.json"
+    n, rows = 40, 2000
+    result = subprocess.run(
+        _bench("backlog", "--dsn", server_dsn, "--n", str(n), "--backlog-rows", str(rows),
+               "--xmin-seconds", "1", "--out", str(out)),
+        env=_env(), capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # The table, with the before/after section.
+    assert "backlog-rows=2000 xmin-seconds=1" in result.stdout.splitlines()[0]
+    assert any(line.startswith("backlog 2k queued") and "of backlog fresh" in line
+               for line in result.stdout.splitlines())
+    assert "backlog, before -> after the measured churn" in result.stdout
+    assert "dead tuples a VACUUM under the hold left" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["settings"]["scenarios"] == ["backlog"]  # the baseline does not join in
+    assert report["settings"]["backlog_rows"] == rows
+    assert report["settings"]["xmin_seconds"] == 1
+    entries = {e["name"]: e for e in report["results"]}
+    assert list(entries) == ["backlog fresh", "backlog 2k queued", "backlog xmin held"]
+    for entry in entries.values():
+        _check_entry(entry)
+        assert entry["scenario"] == "backlog" and entry["throughput"] is not None
+        detail = entry["detail"]
+        assert set(detail["tables"]) == {"ready", "workflows"}
+        for change in detail["tables"].values():
+            _check_change(change, {"n_live_tup", "n_dead_tup", "table_bytes", "index_bytes",
+                                   "indexes"})
+            assert set(change["during"]) == {"updates", "hot_updates", "deletes",
+                                             "autovacuums", "autoanalyzes"}
+        assert detail["tables"]["ready"]["during"]["deletes"] >= entry["count"]  # the claims
+        _check_change(detail["claim_probe"], {"ms", "buffers", "rows"})
+        assert "latency_ms" in entry and entry["latency_ms"]["start_to_finish"]
+    fresh = entries["backlog fresh"]
+    assert fresh["is_reference"] and fresh["count"] == n
+    for name in ("backlog 2k queued", "backlog xmin held"):
+        assert entries[name]["ratio"]["reference"] == "backlog fresh"
+
+    # The backlog was really there, behind the measured runs, and mostly still is.
+    queued = entries["backlog 2k queued"]
+    assert queued["count"] == n
+    backlog = queued["detail"]["backlog_rows"]
+    assert backlog["before"] == rows and 0 <= backlog["after"] <= rows
+    assert queued["detail"]["fill_seconds"] > 0
+    ready = queued["detail"]["tables"]["ready"]
+    assert ready["before"]["n_live_tup"] == rows + n
+    assert ready["after"]["n_live_tup"] == backlog["after"]
+    assert ready["before"]["table_bytes"] > fresh["detail"]["tables"]["ready"]["before"][
+        "table_bytes"]
+
+    # xmin was held while the workload churned: every claimed ready row and every superseded
+    # workflow version is still there as a dead tuple, even after a VACUUM.
+    held = entries["backlog xmin held"]["detail"]
+    runs = held["runs"]
+    assert held["rounds"] >= 1 and runs == n * held["rounds"]
+    assert entries["backlog xmin held"]["count"] == runs
+    assert held["xmin_held_seconds"] >= 1 and held["xmin_age"] > 0
+    assert held["tables"]["ready"]["before"]["n_dead_tup"] == 0
+    assert held["tables"]["ready"]["after"]["n_dead_tup"] >= runs
+    assert held["tables"]["workflows"]["after"]["n_dead_tup"] >= 2 * runs  # claim + finish
+    assert held["dead_after_vacuum_while_held"]["ready"] >= runs
+    assert held["dead_after_vacuum_while_held"]["workflows"] >= 2 * runs
+    assert report["server"]["database"] not in _bench_databases(server_dsn)
+
+
 @pytest.mark.parametrize("args", [
     ["--n", "0"],
     ["--n", "-5"],
@@ -128,6 +203,10 @@ def test_ctrl_c_drops_the_database(server_dsn: str) -> None:
     ["--steps", "-1"],
     ["--payload-bytes", "-1"],
     ["--repeat", "0"],
+    ["--backlog-rows", "0"],
+    ["--backlog-rows", "-1000"],
+    ["--xmin-seconds", "0"],
+    ["--xmin-seconds", "-60"],
     ["--n", "many"],
     ["no-such-scenario"],
     ["--dsn", UNREACHABLE],
