@@ -8,6 +8,7 @@ type on replay and in `handle.result()`. No pickle: everything stored is readabl
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import inspect
 import math
@@ -57,9 +58,44 @@ class Signature:
     def result_adapter(self) -> pydantic.TypeAdapter[Any]:
         return _adapter(self._hints.get("return", Any))
 
+    @cached_property
+    def _bind_signature(self) -> inspect.Signature:
+        return self.signature.replace(parameters=self.params)
+
+    @cached_property
+    def _positional(self) -> list[Callable[[Any], Any]] | None:
+        """Per parameter, an encoder for a positional argument, when every parameter can be
+        given positionally (None otherwise: such calls take the general path). A str, int or
+        bool argument of exactly its annotated type encodes as itself (what pydantic would
+        return), without the round trip through pydantic."""
+        encoders: list[Callable[[Any], Any]] = []
+        for param in self.params:
+            if param.kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                  inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                return None
+            encoders.append(self._arg_encoder(param.name))
+        return encoders
+
+    def _arg_encoder(self, name: str) -> Callable[[Any], Any]:
+        hint = self._hints.get(name, Any)
+        slow = functools.partial(self._encode_arg, name)
+        if hint not in (str, int, bool):
+            return slow
+
+        def encode_simple(value: Any) -> Any:
+            if type(value) is hint and not (hint is str and "\x00" in value):
+                return value
+            return slow(value)
+
+        return encode_simple
+
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, JSON]:
         """Validate and encode call arguments as {"args": [...], "kwargs": {...}}."""
-        signature = self.signature.replace(parameters=self.params)
+        positional = self._positional
+        if not kwargs and positional is not None and len(args) == len(positional):
+            return {"args": [enc(value) for enc, value in zip(positional, args, strict=True)],
+                    "kwargs": {}}
+        signature = self._bind_signature
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -78,7 +114,7 @@ class Signature:
 
     def decode_args(self, inputs: dict[str, JSON]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Turn stored inputs back into call arguments of their annotated types."""
-        signature = self.signature.replace(parameters=self.params)
+        signature = self._bind_signature
         try:
             bound = signature.bind(*inputs.get("args", []), **inputs.get("kwargs", {}))
         except TypeError as exc:

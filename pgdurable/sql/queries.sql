@@ -98,9 +98,10 @@ select pgdurable.enqueue(%(queue)s, %(name)s, %(inputs)s, %(id)s, %(priority)s,
                          %(max_attempts)s, %(retry_backoff)s) as id
 
 -- name: enqueue_many
-select id from pgdurable.enqueue_many(%(queue)s, %(name)s, %(inputs)s::jsonb[], %(ids)s::text[],
-                                      %(priority)s, %(delay_seconds)s, %(partition_key)s,
-                                      %(deadline)s, %(max_attempts)s, %(retry_backoff)s)
+-- `runs`: one JSON array of [id, inputs] pairs (see pgdurable.enqueue_runs).
+select pgdurable.enqueue_runs(%(queue)s, %(name)s, %(runs)s, %(priority)s, %(delay_seconds)s,
+                              %(partition_key)s, %(deadline)s, %(max_attempts)s,
+                              %(retry_backoff)s) as written
 
 -- name: claim
 select id, name, epoch, inputs, queue, has_steps
