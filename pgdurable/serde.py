@@ -8,6 +8,7 @@ type on replay and in `handle.result()`. No pickle: everything stored is readabl
 from __future__ import annotations
 
 import builtins
+import decimal
 import functools
 import importlib
 import inspect
@@ -167,6 +168,41 @@ def encode(adapter: pydantic.TypeAdapter[Any], value: Any, what: str) -> JSON:
     if problem:
         raise SerializationError(f"{what} cannot be stored in jsonb: {problem}")
     return data
+
+
+def as_stored(data: JSON) -> JSON:
+    """`data` as PostgreSQL gives it back after storing it as jsonb, without the round trip.
+
+    jsonb orders object keys (shorter first, then bytewise) and keeps numbers as numeric: a
+    float written with a positive exponent (`1e+16`) reads back as an integer, `-0.0` as
+    `0.0`. A step whose checkpoint is written later (see steps.py) hands the workflow this
+    value, so that a live execution sees exactly what a replay will read.
+    """
+    if data is None or data is True or data is False or isinstance(data, str | int):
+        return data
+    if isinstance(data, float):
+        text = repr(data)
+        if "e+" in text:
+            return int(decimal.Decimal(text))
+        return 0.0 if data == 0 else data
+    if isinstance(data, list | tuple):
+        return [as_stored(v) for v in data]
+    if isinstance(data, dict):
+        items = [(_json_key(k), as_stored(v)) for k, v in data.items()]
+        items.sort(key=lambda kv: (len(kv[0].encode()), kv[0].encode()))
+        return dict(items)
+    return data
+
+
+def _json_key(key: Any) -> str:
+    """The object key json.dumps writes for a dict key."""
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    if isinstance(key, float):
+        return repr(key)
+    return str(key)
 
 
 def _unstorable(data: JSON) -> str | None:

@@ -26,6 +26,7 @@ from pgdurable.errors import (
     RegistrationError,
     WorkflowNotFound,
 )
+from pgdurable.executor import Outcome
 from pgdurable.queries import query
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ log = logging.getLogger("pgdurable.worker")
 class _Claimed:
     workflow_id: str
     epoch: int
-    future: Future[None]
+    future: Future[Outcome]
 
 
 class Worker:
@@ -183,7 +184,7 @@ class Worker:
         self.started += len(rows)
         return len(rows)
 
-    def _done(self, workflow_id: str, _future: Future[None]) -> None:
+    def _done(self, workflow_id: str, _future: Future[Outcome]) -> None:
         with self._lock:
             self._claimed.pop(workflow_id, None)
         self._wake.set()

@@ -120,11 +120,6 @@ listen pgdurable
 -- name: requeue_expired
 select pgdurable.requeue_expired(%(queues)s::text[], %(limit)s) as requeued
 
--- name: finish_many
-select id, sqlstate, message
-  from pgdurable.finish_many(%(ids)s::text[], %(epochs)s::integer[], %(statuses)s::text[],
-                             %(outputs)s::jsonb[], %(errors)s::jsonb[])
-
 -- name: declare_schedule
 select pgdurable.declare_schedule(%(name)s, %(cron)s, %(workflow_name)s, %(queue)s, %(inputs)s,
                                   %(timezone)s, %(catch_up)s, %(minutes)s::smallint[],
@@ -142,3 +137,11 @@ select pg_try_advisory_lock(7301544015412283462) as leader
 -- name: list_schedules
 select name, cron, workflow_name, queue, timezone, catch_up, last_tick
   from pgdurable.schedules order by name
+
+-- name: commit_many
+select kind, ord, status, output, error, inserted, sqlstate, message
+  from pgdurable.commit_many(%(step_ids)s::text[], %(step_epochs)s::integer[],
+                             %(step_nos)s::integer[], %(step_names)s::text[],
+                             %(step_statuses)s::text[], %(step_outputs)s::jsonb[],
+                             %(step_errors)s::jsonb[], %(ids)s::text[], %(epochs)s::integer[],
+                             %(statuses)s::text[], %(outputs)s::jsonb[], %(errors)s::jsonb[])
