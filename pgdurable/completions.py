@@ -163,10 +163,20 @@ class Completions:
                     if attempt == 4:
                         raise
                     time.sleep(0.01 * 2**attempt)  # the transaction rolled back: redo it
-        except Exception as exc:  # the whole batch failed (e.g. database gone for long)
+        except errors.ConfigurationError as exc:  # the database is gone (for long)
             everything: list[StepRecord | Ending] = [*steps, *endings]
             for failed in everything:
                 failed.failure = exc
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].item.failure = exc
+                return
+            # Something in the batch made the whole statement fail (a value the server refuses,
+            # say): nothing was written, so write the items one by one, each getting its own
+            # outcome, as they would have without group commit.
+            for waiter in batch:
+                self._write([waiter])
             return
         for row in rows:
             if row["kind"] == "step":

@@ -142,3 +142,38 @@ def test_a_failed_commit_fails_every_item_of_its_batch_only() -> None:
     done.close()
     with pytest.raises(errors.PgDurableError, match="closed"):
         done.record(step("w3"))
+
+
+def test_an_item_the_server_refuses_does_not_fail_the_others_of_its_batch() -> None:
+    class Refusing(FakeDb):
+        def fetch_all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+            bad = "bad" in params.get("step_ids", []) or params.get("id") == "bad"
+            rows = super().fetch_all(name, params)
+            if bad:
+                raise ValueError("invalid input syntax for type json")
+            return rows
+
+    db = Refusing(hold_first=True)
+    done = Completions(db)  # type: ignore[arg-type]
+    results: dict[str, Any] = {}
+
+    def rec(wid: str) -> None:
+        try:
+            results[wid] = done.record(step(wid))
+        except Exception as exc:
+            results[wid] = exc
+
+    threads = [threading.Thread(target=rec, args=(wid,)) for wid in ("lead", "bad", "good")]
+    threads[0].start()
+    assert db.entered.wait(5)
+    for t in threads[1:]:
+        t.start()
+    while len(done._queued) < 2:
+        time.sleep(0.001)
+    db.release.set()
+    for t in threads:
+        t.join(5)
+    assert isinstance(results["bad"], ValueError)
+    assert isinstance(results["good"], StepRecord)
+    assert [name for name, _ in db.calls] == ["record_step", "commit_many", "record_step",
+                                              "record_step"]
