@@ -89,8 +89,13 @@ returns table (kind text, ord integer, status text, output jsonb, error jsonb, i
                sqlstate text, message text)
 language plpgsql
 -- Custom plans would be made again on every call (their estimates never favour the generic
--- one); every statement here is a primary-key lookup or a scan of the arrays.
+-- one). Every statement here is a scan of the arrays with primary-key lookups: a generic plan
+-- made while the tables were small (or its estimate for the arrays' length) must not become a
+-- sequential scan with a hash join.
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
 as $$
 #variable_conflict use_column
 declare
@@ -206,6 +211,218 @@ begin
             return query select 'finish'::text, v_item.ord::integer, null::text, null::jsonb,
                                 null::jsonb, null::boolean, sqlstate::text, sqlerrm;
         end;
+    end loop;
+end
+$$;
+
+-- Claiming, set-based: a queue without partition_concurrency is claimed with one statement per
+-- batch (lock the first candidates of `ready` with SKIP LOCKED, delete them, update their runs),
+-- instead of three statements per claimed run. Same contract and flow control as in 0002: only
+-- the way rows are taken changed. A partitioned queue keeps the run-by-run loop, because each
+-- claim changes the count the next candidate is checked against.
+create or replace function pgdurable.claim(
+    p_worker text, p_queues text[], p_max integer, p_lease_seconds double precision,
+    p_names text[] default null)
+returns table (id text, name text, epoch integer, inputs jsonb, queue text, has_steps boolean)
+language plpgsql
+-- The ready index already yields claim order; statistics of a fast-moving queue lag behind,
+-- and a stale estimate must not turn the claim into a bitmap scan plus sort of the backlog.
+set enable_sort = off
+set enable_bitmapscan = off
+-- Planned once per session, not on every call. The generic plan does not know the batch size:
+-- the claimed rows must still be deleted and updated through their primary keys, never by a
+-- sequential scan with a hash join.
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
+as $$
+#variable_conflict use_column
+declare
+    v_now       timestamptz := pgdurable.now();
+    v_lease     timestamptz;
+    v_left      integer := p_max;
+    v_allow     integer;
+    v_queue     pgdurable.queues;
+    v_limited   boolean;
+    v_cand      record;
+    v_row       record;
+    v_running   integer;
+    v_asked     integer;
+    v_picked    integer;
+    v_taken     integer;
+    v_expired   text[];
+begin
+    if p_max is null or p_max < 1 then
+        return;
+    end if;
+    perform pgdurable.check_lease(p_lease_seconds);
+    v_lease := v_now + make_interval(secs => p_lease_seconds);
+
+    for v_queue in
+        select q.* from pgdurable.queues q
+         where q.name = any(p_queues) and not q.paused order by q.name
+    loop
+        exit when v_left <= 0;
+        v_allow := v_left;
+        v_limited := v_queue.concurrency is not null or v_queue.worker_concurrency is not null
+                     or v_queue.rate_limit is not null
+                     or v_queue.partition_concurrency is not null;
+        if v_limited then
+            select q.* into v_queue from pgdurable.queues q
+             where q.name = v_queue.name for update;
+            continue when v_queue.paused;
+            if v_queue.concurrency is not null then
+                select count(*) into v_running from pgdurable.workflows w
+                 where w.queue = v_queue.name and w.status = 'running';
+                v_allow := least(v_allow, v_queue.concurrency - v_running);
+            end if;
+            if v_queue.worker_concurrency is not null then
+                select count(*) into v_running from pgdurable.workflows w
+                 where w.owner = p_worker and w.status = 'running' and w.queue = v_queue.name;
+                v_allow := least(v_allow, v_queue.worker_concurrency - v_running);
+            end if;
+            if v_queue.rate_limit is not null then
+                delete from pgdurable.queue_starts s
+                 where s.queue = v_queue.name
+                   and s.started_at <= v_now - make_interval(secs => v_queue.rate_period_seconds);
+                select count(*) into v_running from pgdurable.queue_starts s
+                 where s.queue = v_queue.name;
+                v_allow := least(v_allow, v_queue.rate_limit - v_running);
+            end if;
+        end if;
+        continue when v_allow <= 0;
+
+        if v_queue.partition_concurrency is null then
+            -- Batches until the slots are filled or no candidate is left: candidates found stale
+            -- (the run moved on) or cancelled for their deadline do not use up the batch.
+            loop
+                v_asked := v_allow;
+                v_picked := 0;
+                v_taken := 0;
+                v_expired := '{}';
+                for v_row in
+                    with picked as (
+                        select r.workflow_id, r.priority, r.available_at, r.seq
+                          from pgdurable.ready r
+                         where r.queue = v_queue.name and r.available_at <= v_now
+                           and (p_names is null or r.name = any(p_names))
+                         order by r.priority, r.available_at, r.seq
+                         limit v_asked
+                           for update skip locked
+                    ), gone as (
+                        delete from pgdurable.ready r using picked p
+                         where r.workflow_id = p.workflow_id
+                        returning p.workflow_id, p.priority, p.available_at, p.seq
+                    ), claimed as (
+                        update pgdurable.workflows w
+                           set status = 'running', attempt = w.attempt + 1, owner = p_worker,
+                               lease_until = v_lease,
+                               started_at = coalesce(w.started_at, v_now), updated_at = v_now
+                          from gone g
+                         where w.id = g.workflow_id and w.status = 'pending'
+                        returning w.id, w.name, w.attempt, w.inputs, w.queue, w.deadline,
+                                  w.started_at, g.priority, g.available_at, g.seq
+                    )
+                    select n.picked, c.id, c.name, c.attempt, c.inputs, c.queue,
+                           -- The deadline applies to the first start only (started_at was
+                           -- unset until now).
+                           (c.deadline is not null and c.deadline < v_now
+                            and c.started_at = v_now) as expired,
+                           c.attempt > 1 and exists (select 1 from pgdurable.steps s
+                                                      where s.workflow_id = c.id) as has_steps
+                      from (select count(*)::integer as picked from picked) n
+                      left join claimed c on true
+                     order by c.priority, c.available_at, c.seq
+                loop
+                    v_picked := v_row.picked;
+                    continue when v_row.id is null;
+                    if v_row.expired then
+                        v_expired := v_expired || v_row.id;
+                        continue;
+                    end if;
+                    v_taken := v_taken + 1;
+                    id := v_row.id;
+                    name := v_row.name;
+                    epoch := v_row.attempt;
+                    inputs := v_row.inputs;
+                    queue := v_row.queue;
+                    has_steps := v_row.has_steps;
+                    return next;
+                end loop;
+                if cardinality(v_expired) > 0 then
+                    update pgdurable.workflows w
+                       set status = 'cancelled', owner = null, lease_until = null,
+                           finished_at = v_now,
+                           error = jsonb_build_object(
+                               'type', 'DeadlineExceeded',
+                               'message', format('deadline %s passed before the run started',
+                                                 w.deadline),
+                               'traceback', '')
+                     where w.id = any(v_expired);
+                end if;
+                if v_queue.rate_limit is not null and v_taken > 0 then
+                    insert into pgdurable.queue_starts (queue, started_at)
+                    select v_queue.name, v_now from generate_series(1, v_taken);
+                end if;
+                v_allow := v_allow - v_taken;
+                v_left := v_left - v_taken;
+                exit when v_allow <= 0 or v_picked < v_asked;  -- filled, or nothing more
+            end loop;
+            continue;
+        end if;
+
+        -- A partitioned queue, run by run (as in 0002). No LIMIT: candidates skipped for their
+        -- partition or cancelled for their deadline must not use up the batch; the loop stops
+        -- once the slots are filled.
+        for v_cand in
+            select r.workflow_id, r.partition_key from pgdurable.ready r
+             where r.queue = v_queue.name and r.available_at <= v_now
+               and (p_names is null or r.name = any(p_names))
+             order by r.priority, r.available_at, r.seq
+             for update skip locked
+        loop
+            exit when v_allow <= 0;
+            if v_cand.partition_key is not null then
+                -- Runs claimed earlier in this call are already `running` in our transaction.
+                select count(*) into v_running from pgdurable.workflows w
+                 where w.queue = v_queue.name and w.partition_key = v_cand.partition_key
+                   and w.status = 'running';
+                continue when v_running >= v_queue.partition_concurrency;
+            end if;
+            delete from pgdurable.ready r where r.workflow_id = v_cand.workflow_id;
+            update pgdurable.workflows w
+               set status = 'running', attempt = w.attempt + 1, owner = p_worker,
+                   lease_until = v_lease,
+                   started_at = coalesce(w.started_at, v_now), updated_at = v_now
+             where w.id = v_cand.workflow_id and w.status = 'pending'
+            returning w.id, w.name, w.attempt, w.inputs, w.queue, w.deadline, w.started_at
+                 into v_row;
+            continue when not found;  -- a stale ready row: the run moved on meanwhile
+            if v_row.deadline is not null and v_row.deadline < v_now
+               and v_row.started_at = v_now then
+                update pgdurable.workflows w
+                   set status = 'cancelled', owner = null, lease_until = null,
+                       finished_at = v_now,
+                       error = jsonb_build_object(
+                           'type', 'DeadlineExceeded',
+                           'message', format('deadline %s passed before the run started',
+                                             v_row.deadline),
+                           'traceback', '')
+                 where w.id = v_row.id;
+                continue;
+            end if;
+            if v_queue.rate_limit is not null then
+                insert into pgdurable.queue_starts (queue, started_at)
+                values (v_queue.name, v_now);
+            end if;
+            v_allow := v_allow - 1;
+            v_left := v_left - 1;
+            return query select v_row.id, v_row.name, v_row.attempt, v_row.inputs, v_row.queue,
+                                v_row.attempt > 1 and exists (
+                                    select 1 from pgdurable.steps s
+                                     where s.workflow_id = v_row.id);
+        end loop;
     end loop;
 end
 $$;
