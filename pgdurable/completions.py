@@ -69,6 +69,7 @@ class _Waiter:
 class Completions:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._conn = db.pinned()  # used by the leader only, so by one thread at a time
         self._lock = threading.Lock()
         self._queued: list[_Waiter] = []
         self._committing = False
@@ -98,6 +99,8 @@ class Completions:
             self._closed = True
             while (self._committing or self._queued) and time.monotonic() < deadline:
                 self._idle.wait(0.1)
+            if not self._committing:
+                self._conn.close()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -156,7 +159,7 @@ class Completions:
         try:
             for attempt in range(5):
                 try:
-                    rows = self.db.fetch_all("commit_many", params)
+                    rows = self._conn.fetch_all("commit_many", params)
                     break
                 except (psycopg.errors.DeadlockDetected,
                         psycopg.errors.SerializationFailure):
@@ -178,23 +181,21 @@ class Completions:
             for waiter in batch:
                 self._write([waiter])
             return
-        for row in rows:
-            if row["kind"] == "step":
-                step = steps[row["ord"] - 1]
-                if row["sqlstate"] is not None:
-                    step.failure = errors.from_sqlstate(row["sqlstate"], row["message"])
+        for kind, ord_, status, output, error, inserted, sqlstate, message in rows:
+            if kind == "step":
+                step = steps[ord_ - 1]
+                if sqlstate is not None:
+                    step.failure = errors.from_sqlstate(sqlstate, message)
                 else:
-                    step.status, step.output, step.error = (
-                        row["status"], row["output"], row["error"])
-                    step.inserted = bool(row["inserted"])
+                    step.status, step.output, step.error = status, output, error
+                    step.inserted = bool(inserted)
             else:
-                ending = endings[row["ord"] - 1]
-                ending.failure = errors.from_sqlstate(row["sqlstate"], row["message"])
+                endings[ord_ - 1].failure = errors.from_sqlstate(sqlstate, message)
 
     def _write_step(self, step: StepRecord) -> None:
         """A lone checkpoint (a lone execution): the plain function, a little cheaper."""
         try:
-            row = self.db.fetch_one(
+            [(step.status, step.output, step.error, inserted)] = self._conn.fetch_all(
                 "record_step",
                 {"id": step.workflow_id, "epoch": step.epoch, "step_no": step.step_no,
                  "name": step.name, "status": step.status, "output": jsonb(step.output),
@@ -202,6 +203,4 @@ class Completions:
         except Exception as exc:
             step.failure = exc
             return
-        assert row is not None
-        step.status, step.output, step.error = row["status"], row["output"], row["error"]
-        step.inserted = bool(row["inserted"])
+        step.inserted = bool(inserted)

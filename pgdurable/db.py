@@ -111,12 +111,65 @@ class Database:
         rows = self.fetch_all(name, params, conn=conn)
         return rows[0] if rows else None
 
+    def pinned(self) -> Pinned:
+        """A pool connection kept for one user at a time (see Pinned)."""
+        return Pinned(self)
+
+
+class Pinned:
+    """One pool connection kept checked out for a single caller at a time (the group commit's
+    leader, which writes one batch after the other), returning rows as tuples: a hot path
+    without a pool checkout and dict rows per call. A lost connection is given back to the pool
+    (which discards it) and the call retried on a new one, as `Database.fetch_all` does."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: Conn | None = None
+
+    def fetch_all(self, name: str, params: Params) -> list[tuple[Any, ...]]:
+        deadline = time.monotonic() + self.db.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                if self._conn is None:
+                    try:
+                        self._conn = self.db.pool.getconn(timeout=60)
+                    except PoolTimeout as exc:
+                        raise errors.ConfigurationError(
+                            f"no database connection available: {exc}") from None
+                return _run_tuples(self._conn, name, params)
+            except psycopg.OperationalError as exc:
+                self.close()
+                if time.monotonic() + delay > deadline:
+                    raise errors.ConfigurationError(
+                        f"database unavailable: {_one_line(exc)}") from exc
+                log.warning("%s: %s; retrying in %.2fs", name, _one_line(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                self.db.pool.putconn(conn)
+            except Exception:  # the pool is closed already
+                conn.close()
+
 
 def _run(conn: psycopg.Connection[Any], name: str, params: Params | None) -> list[Row]:
     try:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query(name), params, prepare=params is not None)
             return cur.fetchall() if cur.description is not None else []
+    except psycopg.Error as exc:
+        raise errors.translate(exc) from exc
+
+
+def _run_tuples(conn: psycopg.Connection[Any], name: str, params: Params) -> list[tuple[Any, ...]]:
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query(name), params, prepare=True)
+            return cur.fetchall()
     except psycopg.Error as exc:
         raise errors.translate(exc) from exc
 

@@ -95,7 +95,8 @@ class Worker:
         app = self.app
         app.db  # connect, check the schema, declare the queues  # noqa: B018
         executor = app.executor
-        app.db.ensure_pool_size(self.concurrency + 2)  # executions + claim + heartbeat
+        # executions + claim + heartbeat + the group commit's connection
+        app.db.ensure_pool_size(self.concurrency + 3)
         if executor.max_threads < self.concurrency:
             raise InvalidArgument(
                 f"concurrency {self.concurrency} exceeds the App's max_threads "

@@ -26,7 +26,13 @@ class FakeDb:
         self.fail: BaseException | None = None
         self.threads: set[str] = set()
 
-    def fetch_all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def pinned(self) -> FakeDb:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def fetch_all(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         self.calls.append((name, params))
         self.threads.add(threading.current_thread().name)
         self.entered.set()
@@ -34,14 +40,10 @@ class FakeDb:
         if self.fail is not None:
             raise self.fail
         if name == "record_step":
-            return [{"status": params["status"], "output": None, "error": None,
-                     "inserted": True}]
+            return [(params["status"], None, None, True)]
         rows, self.rows = self.rows, []
-        return rows
-
-    def fetch_one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        rows = self.fetch_all(name, params)
-        return rows[0] if rows else None
+        return [(r["kind"], r["ord"], r["status"], r["output"], r["error"], r["inserted"],
+                 r["sqlstate"], r["message"]) for r in rows]
 
 
 def step(wid: str, step_no: int = 0) -> StepRecord:
@@ -146,7 +148,7 @@ def test_a_failed_commit_fails_every_item_of_its_batch_only() -> None:
 
 def test_an_item_the_server_refuses_does_not_fail_the_others_of_its_batch() -> None:
     class Refusing(FakeDb):
-        def fetch_all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        def fetch_all(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
             bad = "bad" in params.get("step_ids", []) or params.get("id") == "bad"
             rows = super().fetch_all(name, params)
             if bad:
