@@ -400,7 +400,11 @@ class App:
         assert row is not None
         xact = row["xact_id"] if conn is not None else None
         if row["started"]:
-            executor.submit(wf, wid, row["epoch"], row["inputs"], after_xact=xact)
+            # Epoch 1 is a run's first execution ever: it has no checkpoints to load. (Created
+            # on the caller's connection, the run may still vanish with a rolled-back
+            # savepoint: there load_steps also checks that it exists before anything runs.)
+            executor.submit(wf, wid, row["epoch"], row["inputs"], after_xact=xact,
+                            has_steps=row["epoch"] > 1 or conn is not None)
         return WorkflowHandle(self, wid, created_in_xact=xact)
 
     def resolve(self, fn: WorkflowFunction[Any, R] | str) -> WorkflowFunction[Any, R]:

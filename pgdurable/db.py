@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -27,6 +27,7 @@ log = logging.getLogger("pgdurable.db")
 Row = dict[str, Any]
 Params = Mapping[str, Any]
 Conn = psycopg.Connection[Any]
+T = TypeVar("T")
 
 
 def jsonb(value: Any) -> Jsonb | None:
@@ -91,20 +92,12 @@ class Database:
         error is the caller's to handle, as its transaction is gone."""
         if conn is not None:
             return _run(conn, name, params)
-        deadline = time.monotonic() + self.retry_seconds
-        delay = 0.05
-        while True:
-            try:
-                # Waiting for a connection counts against the same budget.
-                with self.connection(max(0.1, deadline - time.monotonic())) as pooled:
-                    return _run(pooled, name, params)
-            except psycopg.OperationalError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise errors.DatabaseUnavailable(
-                        f"database unavailable: {_one_line(exc)}") from exc
-                log.warning("%s: %s; retrying in %.2fs", name, _one_line(exc), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+
+        def once(timeout: float) -> list[Row]:
+            with self.connection(timeout) as pooled:
+                return _run(pooled, name, params)
+
+        return _with_reconnects(self, name, once)
 
     def fetch_one(
         self, name: str, params: Params | None = None, *, conn: Conn | None = None
@@ -112,12 +105,77 @@ class Database:
         rows = self.fetch_all(name, params, conn=conn)
         return rows[0] if rows else None
 
+    def pinned(self) -> Pinned:
+        """A pool connection kept for one user at a time (see Pinned)."""
+        return Pinned(self)
+
+
+class Pinned:
+    """One pool connection kept checked out for a single caller at a time (the group commit's
+    leader, which writes one batch after the other), returning rows as tuples: a hot path
+    without a pool checkout and dict rows per call. A lost connection is given back to the pool
+    (which discards it) and the call retried on a new one, as `Database.fetch_all` does."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: Conn | None = None
+
+    def fetch_all(self, name: str, params: Params) -> list[tuple[Any, ...]]:
+        def once(timeout: float) -> list[tuple[Any, ...]]:
+            if self._conn is None:
+                try:
+                    self._conn = self.db.pool.getconn(timeout=timeout)
+                except PoolTimeout as exc:
+                    raise errors.DatabaseUnavailable(
+                        f"no database connection available: {exc}") from None
+            return _run_tuples(self._conn, name, params)
+
+        return _with_reconnects(self.db, name, once, on_lost=self.close)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                self.db.pool.putconn(conn)
+            except Exception:  # the pool is closed already
+                conn.close()
+
+
+def _with_reconnects(
+    db: Database, name: str, once: Callable[[float], T], on_lost: Callable[[], None] | None = None
+) -> T:
+    """Call `once(timeout)`, retrying a lost connection or a restarting server with backoff
+    (0.05 s doubling to 2 s) for up to `db.retry_seconds` in all, waiting for a pooled
+    connection included; then DatabaseUnavailable."""
+    deadline = time.monotonic() + db.retry_seconds
+    delay = 0.05
+    while True:
+        try:
+            return once(max(0.1, deadline - time.monotonic()))
+        except psycopg.OperationalError as exc:
+            if on_lost is not None:
+                on_lost()
+            if time.monotonic() + delay > deadline:
+                raise errors.DatabaseUnavailable(f"database unavailable: {_one_line(exc)}") from exc
+            log.warning("%s: %s; retrying in %.2fs", name, _one_line(exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
 
 def _run(conn: psycopg.Connection[Any], name: str, params: Params | None) -> list[Row]:
     try:
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(query(name), params, prepare=params is not None)
             return cur.fetchall() if cur.description is not None else []
+    except psycopg.Error as exc:
+        raise errors.translate(exc) from exc
+
+
+def _run_tuples(conn: psycopg.Connection[Any], name: str, params: Params) -> list[tuple[Any, ...]]:
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query(name), params, prepare=True)
+            return cur.fetchall()
     except psycopg.Error as exc:
         raise errors.translate(exc) from exc
 

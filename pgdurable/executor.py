@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pgdurable import context
 from pgdurable.context import RecordedStep, WorkflowContext
 from pgdurable.errors import DatabaseUnavailable, FencedError, WorkflowNotFound
-from pgdurable.serde import error_record
+from pgdurable.serde import as_stored, error_record
 from pgdurable.sleeping import Suspended
 
 if TYPE_CHECKING:
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from pgdurable.decorators import WorkflowFunction
 
 log = logging.getLogger("pgdurable.executor")
+
+# What an execution that ran here committed: ("succeeded", workflow name, output as stored), or
+# None (it ended otherwise, or stopped). A handle on a run executed in this process uses it
+# instead of reading the run back.
+Outcome = tuple[str, str, Any] | None
 
 
 def new_worker_id() -> str:
@@ -42,7 +47,7 @@ class Executor:
         self.worker_id = new_worker_id()
         self.max_threads = max_threads
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="pgdurable")
-        self._running: dict[str, Future[None]] = {}
+        self._running: dict[str, Future[Outcome]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -57,7 +62,7 @@ class Executor:
         after_xact: str | None = None,
         has_steps: bool = True,
         suspendable: bool = False,
-    ) -> Future[None]:
+    ) -> Future[Outcome]:
         """Run an execution in the background. With `after_xact`, wait until that transaction
         (the caller's, which created the run) commits; if it rolls back, do nothing.
         `has_steps=False` (a first execution) skips loading checkpoints. `suspendable` (a
@@ -71,7 +76,7 @@ class Executor:
         future.add_done_callback(lambda _: self._forget(workflow_id, future))
         return future
 
-    def local(self, workflow_id: str) -> Future[None] | None:
+    def local(self, workflow_id: str) -> Future[Outcome] | None:
         with self._lock:
             return self._running.get(workflow_id)
 
@@ -83,7 +88,7 @@ class Executor:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _forget(self, workflow_id: str, future: Future[None]) -> None:
+    def _forget(self, workflow_id: str, future: Future[Outcome]) -> None:
         with self._lock:
             if self._running.get(workflow_id) is future:
                 del self._running[workflow_id]
@@ -97,13 +102,13 @@ class Executor:
         after_xact: str | None,
         has_steps: bool,
         suspendable: bool,
-    ) -> None:
+    ) -> Outcome:
         if after_xact is not None and not self._wait_for_commit(after_xact):
             log.info("workflow %s: the transaction that started it rolled back", workflow_id)
-            return
+            return None
         try:
-            execute(self.app, wf, workflow_id, epoch, inputs, has_steps=has_steps,
-                    suspendable=suspendable)
+            return execute(self.app, wf, workflow_id, epoch, inputs, has_steps=has_steps,
+                           suspendable=suspendable)
         except (FencedError, WorkflowNotFound, DatabaseUnavailable) as exc:
             # Nothing recorded: if the run is still ours its lease expires and it is taken over.
             log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
@@ -111,6 +116,7 @@ class Executor:
             # The run stays `running`; no longer renewed, it is taken over once its lease
             # expires.
             log.exception("workflow %s: execution stopped by an unexpected error", workflow_id)
+        return None
 
     def _wait_for_commit(self, xact_id: str) -> bool:
         """Poll the creating transaction's fate. True once committed, False if rolled back."""
@@ -160,11 +166,12 @@ def execute(
     *,
     has_steps: bool = True,
     suspendable: bool = False,
-) -> None:
+) -> Outcome:
     """Run (or replay) one execution of a workflow to the end and record how it ended, or
     until it suspends itself (a long durable sleep): the run is then back on its queue.
 
     Raises FencedError if the run was taken over meanwhile; nothing is then recorded.
+    Returns ("succeeded", name, output as stored) once a success is committed, else None.
     """
     rows = (app.db.fetch_all("load_steps", {"id": workflow_id, "epoch": epoch})
             if has_steps else [])
@@ -181,20 +188,19 @@ def execute(
             output = wf.signature.encode_result(wf.fn(*args, **kwargs))
         except Suspended as suspended:
             log.debug("workflow %s: %s", workflow_id, suspended)
-            return  # pending until its wake-up time; a worker continues it then
+            return None  # pending until its wake-up time; a worker continues it then
         except (FencedError, WorkflowNotFound, DatabaseUnavailable):
             # Taken over, cancelled or deleted under us, or the database stayed out of reach:
             # nothing of ours to record (the run's outcome is not this execution's to decide).
             raise
         except Exception as exc:
-            _finish(app, workflow_id, epoch, "failed", None, error_record(exc))
-            return
-        _finish(app, workflow_id, epoch, "succeeded", output, None)
+            _finish(ctx, "failed", None, error_record(exc))
+            return None
+        _finish(ctx, "succeeded", output, None)
+        return ("succeeded", wf.name, as_stored(output))
     finally:
         context.deactivate(token)
 
 
-def _finish(
-    app: App, workflow_id: str, epoch: int, status: str, output: Any, error: Any
-) -> None:
-    app.completions.finish(workflow_id, epoch, status, output, error)
+def _finish(ctx: WorkflowContext, status: str, output: Any, error: Any) -> None:
+    ctx.app.completions.finish(ctx.workflow_id, ctx.epoch, status, output, error)

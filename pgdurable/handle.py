@@ -79,6 +79,16 @@ class WorkflowHandle(Generic[R]):
         annotation. Raises WorkflowFailed (with the original error's type, message and
         traceback), WorkflowCancelled, or TimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        local = self.app.executor.local(self.workflow_id)
+        if local is not None:  # executing in this process: no need to poll while it runs
+            try:
+                outcome = local.result(timeout)
+            except (futures.TimeoutError, futures.CancelledError):
+                outcome = None
+            if outcome is not None and outcome[0] == "succeeded":  # committed, and final
+                wf = self.app.registry.workflows.get(outcome[1])
+                if wf is not None:
+                    return wf.signature.decode_result(outcome[2])  # type: ignore[no-any-return]
         delay = 0.002
         while True:
             info = self._try_info()

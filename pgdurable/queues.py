@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from pgdurable.db import jsonb, run_query
 from pgdurable.errors import InvalidArgument
@@ -177,22 +178,24 @@ class Queue:
         wf = self.app.resolve(fn)
         _check_priority(priority)
         _check_key("partition_key", partition_key)
-        inputs = []
+        encode = wf.signature.encode_args
+        # The ids are chosen here, so a retried call after a lost connection is idempotent.
+        runs = []
         for index, item in enumerate(args_list):
             if isinstance(item, str | bytes) or not isinstance(item, Sequence):
                 raise InvalidArgument(
                     f"enqueue_many item {index} must be a tuple or list of positional "
                     f"arguments, not {type(item).__name__}"
                 )
-            inputs.append(jsonb(wf.signature.encode_args(tuple(item), {})))
-        ids = [str(uuid.uuid4()) for _ in inputs]
-        rows = self.app.db.fetch_all(
+            runs.append((str(uuid.uuid4()), encode(tuple(item), {})))
+        # One JSON document for the whole batch: encoded in one call, sent as one parameter.
+        self.app.db.fetch_one(
             "enqueue_many",
-            {"queue": self.name, "name": wf.name, "inputs": inputs, "ids": ids,
+            {"queue": self.name, "name": wf.name, "runs": Jsonb(runs),
              "priority": priority, "delay_seconds": _seconds("delay", delay),
              "partition_key": partition_key, "deadline": deadline,
              "max_attempts": _positive("max_attempts", max_attempts) or wf.max_attempts,
              "retry_backoff": wf.retry_backoff},
             conn=conn,
         )
-        return [WorkflowHandle(self.app, row["id"]) for row in rows]
+        return [WorkflowHandle(self.app, run_id) for run_id, _ in runs]

@@ -8,6 +8,8 @@ type on replay and in `handle.result()`. No pickle: everything stored is readabl
 from __future__ import annotations
 
 import builtins
+import decimal
+import functools
 import importlib
 import inspect
 import math
@@ -57,9 +59,44 @@ class Signature:
     def result_adapter(self) -> pydantic.TypeAdapter[Any]:
         return _adapter(self._hints.get("return", Any))
 
+    @cached_property
+    def _bind_signature(self) -> inspect.Signature:
+        return self.signature.replace(parameters=self.params)
+
+    @cached_property
+    def _positional(self) -> list[Callable[[Any], Any]] | None:
+        """Per parameter, an encoder for a positional argument, when every parameter can be
+        given positionally (None otherwise: such calls take the general path). A str, int or
+        bool argument of exactly its annotated type encodes as itself (what pydantic would
+        return), without the round trip through pydantic."""
+        encoders: list[Callable[[Any], Any]] = []
+        for param in self.params:
+            if param.kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                  inspect.Parameter.POSITIONAL_OR_KEYWORD):
+                return None
+            encoders.append(self._arg_encoder(param.name))
+        return encoders
+
+    def _arg_encoder(self, name: str) -> Callable[[Any], Any]:
+        hint = self._hints.get(name, Any)
+        slow = functools.partial(self._encode_arg, name)
+        if hint not in (str, int, bool):
+            return slow
+
+        def encode_simple(value: Any) -> Any:
+            if type(value) is hint and not (hint is str and "\x00" in value):
+                return value
+            return slow(value)
+
+        return encode_simple
+
     def encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, JSON]:
         """Validate and encode call arguments as {"args": [...], "kwargs": {...}}."""
-        signature = self.signature.replace(parameters=self.params)
+        positional = self._positional
+        if not kwargs and positional is not None and len(args) == len(positional):
+            return {"args": [enc(value) for enc, value in zip(positional, args, strict=True)],
+                    "kwargs": {}}
+        signature = self._bind_signature
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -78,7 +115,7 @@ class Signature:
 
     def decode_args(self, inputs: dict[str, JSON]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Turn stored inputs back into call arguments of their annotated types."""
-        signature = self.signature.replace(parameters=self.params)
+        signature = self._bind_signature
         try:
             bound = signature.bind(*inputs.get("args", []), **inputs.get("kwargs", {}))
         except TypeError as exc:
@@ -131,6 +168,41 @@ def encode(adapter: pydantic.TypeAdapter[Any], value: Any, what: str) -> JSON:
     if problem:
         raise SerializationError(f"{what} cannot be stored in jsonb: {problem}")
     return data
+
+
+def as_stored(data: JSON) -> JSON:
+    """`data` as PostgreSQL gives it back after storing it as jsonb, without the round trip.
+
+    jsonb orders object keys (shorter first, then bytewise) and keeps numbers as numeric: a
+    float written with a positive exponent (`1e+16`) reads back as an integer, `-0.0` as
+    `0.0`. A step whose checkpoint is written later (see steps.py) hands the workflow this
+    value, so that a live execution sees exactly what a replay will read.
+    """
+    if data is None or data is True or data is False or isinstance(data, str | int):
+        return data
+    if isinstance(data, float):
+        text = repr(data)
+        if "e+" in text:
+            return int(decimal.Decimal(text))
+        return 0.0 if data == 0 else data
+    if isinstance(data, list | tuple):
+        return [as_stored(v) for v in data]
+    if isinstance(data, dict):
+        items = [(_json_key(k), as_stored(v)) for k, v in data.items()]
+        items.sort(key=lambda kv: (len(kv[0].encode()), kv[0].encode()))
+        return dict(items)
+    return data
+
+
+def _json_key(key: Any) -> str:
+    """The object key json.dumps writes for a dict key."""
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    if isinstance(key, float):
+        return repr(key)
+    return str(key)
 
 
 def _unstorable(data: JSON) -> str | None:

@@ -1,8 +1,10 @@
 """Executing one step of a running workflow: replay, retries, checkpoint.
 
-The floor is one round trip per step: the recorded steps of a run are loaded once when its
-execution starts, so replaying a step costs nothing, and a new step costs one `record_step` call
-(for a transaction step, inside the user's own transaction).
+The floor is one commit per step: the recorded steps of a run are loaded once when its
+execution starts, so replaying a step costs nothing. A new plain step's checkpoint goes through
+the App's group commit (completions.py), which writes the checkpoints of concurrent executions
+with one round trip and one commit; the step returns once it is durable. A transaction step
+checkpoints with one `record_step` call inside the user's own transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from pgdurable.completions import StepRecord
 from pgdurable.context import RecordedStep, WorkflowContext
 from pgdurable.db import jsonb
 from pgdurable.errors import (
@@ -22,7 +25,7 @@ from pgdurable.errors import (
     PgDurableError,
     StepOutcomeUnknown,
 )
-from pgdurable.serde import error_record, rebuild_exception
+from pgdurable.serde import as_stored, error_record, rebuild_exception
 
 if TYPE_CHECKING:
     from pgdurable.decorators import RetryPolicy, StepFunction, TransactionFunction
@@ -199,8 +202,17 @@ def _record(
     *,
     conn: psycopg.Connection[Any] | None = None,
 ) -> tuple[RecordedStep, bool]:
-    """Checkpoint a step outcome. Returns the outcome now on record (ours, or an earlier
-    writer's) and whether ours was the one inserted."""
+    """Checkpoint a step outcome now (on `conn`, inside its transaction, if given; else through
+    the group commit). Returns the outcome now on record (ours, or an earlier writer's) and
+    whether ours was the one inserted."""
+    if conn is None:
+        written = ctx.app.completions.record(
+            StepRecord(ctx.workflow_id, ctx.epoch, step_no, name, status, output, error))
+        recorded = (RecordedStep(step_no, name, status, as_stored(output), as_stored(error))
+                    if written.inserted else
+                    RecordedStep(step_no, name, written.status, written.output, written.error))
+        ctx.recorded[step_no] = recorded
+        return recorded, written.inserted
     row = ctx.app.db.fetch_one(
         "record_step",
         {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "name": name,

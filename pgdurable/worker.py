@@ -26,6 +26,7 @@ from pgdurable.errors import (
     RegistrationError,
     WorkflowNotFound,
 )
+from pgdurable.executor import Outcome
 from pgdurable.queries import query
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ log = logging.getLogger("pgdurable.worker")
 class _Claimed:
     workflow_id: str
     epoch: int
-    future: Future[None]
+    future: Future[Outcome]
 
 
 class Worker:
@@ -94,7 +95,8 @@ class Worker:
         app = self.app
         app.db  # connect, check the schema, declare the queues  # noqa: B018
         executor = app.executor
-        app.db.ensure_pool_size(self.concurrency + 2)  # executions + claim + heartbeat
+        # executions + claim + heartbeat + the group commit's connection
+        app.db.ensure_pool_size(self.concurrency + 3)
         if executor.max_threads < self.concurrency:
             raise InvalidArgument(
                 f"concurrency {self.concurrency} exceeds the App's max_threads "
@@ -184,7 +186,7 @@ class Worker:
         self.started += len(rows)
         return len(rows)
 
-    def _done(self, workflow_id: str, _future: Future[None]) -> None:
+    def _done(self, workflow_id: str, _future: Future[Outcome]) -> None:
         with self._lock:
             self._claimed.pop(workflow_id, None)
         self._wake.set()

@@ -101,9 +101,10 @@ select pgdurable.enqueue(%(queue)s, %(name)s, %(inputs)s, %(id)s, %(priority)s,
                          %(max_attempts)s, %(retry_backoff)s) as id
 
 -- name: enqueue_many
-select id from pgdurable.enqueue_many(%(queue)s, %(name)s, %(inputs)s::jsonb[], %(ids)s::text[],
-                                      %(priority)s, %(delay_seconds)s, %(partition_key)s,
-                                      %(deadline)s, %(max_attempts)s, %(retry_backoff)s)
+-- `runs`: one JSON array of [id, inputs] pairs (see pgdurable.enqueue_runs).
+select pgdurable.enqueue_runs(%(queue)s, %(name)s, %(runs)s, %(priority)s, %(delay_seconds)s,
+                              %(partition_key)s, %(deadline)s, %(max_attempts)s,
+                              %(retry_backoff)s) as written
 
 -- name: claim
 select id, name, epoch, inputs, queue, has_steps
@@ -121,11 +122,6 @@ listen pgdurable
 
 -- name: requeue_expired
 select pgdurable.requeue_expired(%(queues)s::text[], %(limit)s) as requeued
-
--- name: finish_many
-select id, sqlstate, message
-  from pgdurable.finish_many(%(ids)s::text[], %(epochs)s::integer[], %(statuses)s::text[],
-                             %(outputs)s::jsonb[], %(errors)s::jsonb[])
 
 -- name: declare_schedule
 select pgdurable.declare_schedule(%(name)s, %(cron)s, %(workflow_name)s, %(queue)s, %(inputs)s,
@@ -152,3 +148,11 @@ select wake_at, remaining_seconds
 
 -- name: suspend
 select pgdurable.suspend(%(id)s, %(epoch)s, %(until)s)
+
+-- name: commit_many
+select kind, ord, status, output, error, inserted, sqlstate, message
+  from pgdurable.commit_many(%(step_ids)s::text[], %(step_epochs)s::integer[],
+                             %(step_nos)s::integer[], %(step_names)s::text[],
+                             %(step_statuses)s::text[], %(step_outputs)s::jsonb[],
+                             %(step_errors)s::jsonb[], %(ids)s::text[], %(epochs)s::integer[],
+                             %(statuses)s::text[], %(outputs)s::jsonb[], %(errors)s::jsonb[])

@@ -779,6 +779,56 @@ def test_enqueue_many_with_an_id_of_another_workflow_is_pd002(conn: Conn) -> Non
         enqueue_many(conn, "q", "mod.b", [{"args": [], "kwargs": {}}], ids=["x"])
 
 
+# -- enqueue_runs (the bulk enqueue the Python library sends) ------------------------------------
+
+
+def enqueue_runs(conn: Conn, queue: str, name: str, runs: Any, **options: Any) -> int:
+    cols = "".join(f", p_{k} => %({k})s" for k in options)
+    row = call(conn, f"select pgdurable.enqueue_runs(%(queue)s, %(name)s, %(runs)s{cols}) as n",
+               {"queue": queue, "name": name, "runs": Jsonb(runs), **options})[0]
+    return int(row["n"])
+
+
+def test_enqueue_runs_writes_pairs_in_order_and_keeps_existing_ones(conn: Conn) -> None:
+    declare(conn, "q")
+    enqueue(conn, "q", inputs={"args": ["old"], "kwargs": {}}, id="b")
+    runs = [[i, {"args": [f"new-{i}"], "kwargs": {}}] for i in ("c", "b", "a")]
+    assert enqueue_runs(conn, "q", "flow", runs, priority=2) == 2
+    assert workflow(conn, "b")["inputs"]["args"] == ["old"]  # existing: left as it is
+    assert (workflow(conn, "a")["inputs"]["args"], workflow(conn, "a")["priority"]) == (
+        ["new-a"], 2)
+    assert claim_ids(conn, "w1", "q") == ["b", "c", "a"]  # input order within a priority
+
+
+def test_enqueue_runs_applies_options_like_enqueue_many(conn: Conn) -> None:
+    declare(conn, "q")
+    runs = [[f"r{i}", {"args": [i], "kwargs": {}}] for i in range(50)]
+    assert enqueue_runs(conn, "q", "flow", runs, delay_seconds=2, partition_key="P",
+                        max_attempts=2) == 50
+    rows = call(conn, "select available_at, partition_key, max_attempts, status "
+                      "from pgdurable.workflows")
+    assert {(r["available_at"], r["partition_key"], r["max_attempts"], r["status"])
+            for r in rows} == {(at(2), "P", 2, "pending")}
+    assert ready_ids(conn) == {f"r{i}" for i in range(50)}
+    assert enqueue_runs(conn, "q", "flow", []) == 0
+
+
+def test_enqueue_runs_refuses_bad_input(conn: Conn) -> None:
+    declare(conn, "q")
+    enqueue(conn, "q", "mod.a", id="x")
+    for runs, options, state in [
+        ([["x", {"args": [], "kwargs": {}}]], {}, "PD002"),  # another workflow's id
+        ({"not": "an array"}, {}, "PD006"),
+        ([[1, {"args": [], "kwargs": {}}]], {}, "PD006"),  # ids are strings
+        ([["y", {"args": [], "kwargs": {}}]], {"max_attempts": 0}, "PD006"),
+    ]:
+        with sqlstate(state, conn):
+            enqueue_runs(conn, "q", "mod.b", runs, **options)
+    with sqlstate("PD007", conn):
+        enqueue_runs(conn, "ghost", "flow", [])
+    assert count(conn, "pgdurable.workflows") == 1
+
+
 # -- cancel and stats ----------------------------------------------------------------------------
 
 

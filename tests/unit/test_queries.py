@@ -74,7 +74,7 @@ def _referenced() -> dict[str, list[str]]:
 def test_every_query_name_used_in_the_library_exists() -> None:
     referenced = _referenced()
     # sanity: the scan sees the calls it is meant to see
-    assert {"start_workflow", "record_step", "finish_many", "migrations_lock",
+    assert {"start_workflow", "record_step", "commit_many", "migrations_lock",
             "schema_version"} <= set(referenced)
     missing = {name: files for name, files in referenced.items() if name not in all_queries()}
     assert missing == {}

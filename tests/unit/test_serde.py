@@ -369,3 +369,36 @@ class Outer:
 def test_a_nested_exception_class_round_trips() -> None:
     rebuilt = rebuild_exception(error_record(Outer.NestedError("nested")))
     assert type(rebuilt) is Outer.NestedError
+
+
+# -- the positional fast path -------------------------------------------------------------------
+
+
+def _slow_encode(sig: Signature, args: tuple[Any, ...]) -> dict[str, Any]:
+    """The general (bind-then-validate) path, for comparison with the fast one."""
+    bound = sig._bind_signature.bind(*args)
+    return {"args": [sig._encode_arg(name, value) for name, value in bound.arguments.items()],
+            "kwargs": {}}
+
+
+@given(st.tuples(JSONB_TEXT, st.integers(), st.booleans(), st.integers() | JSONB_TEXT,
+                 st.floats(allow_nan=False, allow_infinity=False)))
+def test_positional_calls_encode_as_the_general_path_does(values: tuple[Any, ...]) -> None:
+    def f(s: str, n: int, b: bool, any_: Any, x: float) -> None: ...
+
+    sig = Signature(f, "workflow 'f'")
+    assert sig.encode_args(values, {}) == _slow_encode(sig, values)
+
+
+def test_the_fast_path_still_coerces_and_refuses_like_pydantic() -> None:
+    def f(n: int, s: str) -> None: ...
+
+    sig = Signature(f, "workflow 'f'")
+    assert sig.encode_args(("7", "x"), {}) == {"args": [7, "x"], "kwargs": {}}  # coerced
+    assert sig.encode_args((True, "x"), {}) == {"args": [1, "x"], "kwargs": {}}  # bool is not int
+    with pytest.raises(SerializationError, match="NUL"):
+        sig.encode_args((1, "a\x00b"), {})
+    with pytest.raises(SerializationError, match="argument 'n' of workflow 'f'"):
+        sig.encode_args(("seven", "x"), {})
+    with pytest.raises(SerializationError, match="bad arguments"):
+        sig.encode_args((1, "x", 3), {})
