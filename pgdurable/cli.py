@@ -191,6 +191,8 @@ def workflows_show(dsn: str | None, as_json: bool, workflow_id: str) -> None:
         click.echo(f"id:       {info.id}\nname:     {info.name}\nstatus:   {info.status}\n"
                    f"epoch:    {info.attempt}\nowner:    {info.owner or '-'}\n"
                    f"created:  {info.created_at}\nfinished: {info.finished_at or '-'}")
+        if info.status == "pending" and info.available_at is not None:
+            click.echo(f"due:      {info.available_at}")
         click.echo(f"inputs:   {json.dumps(info.inputs)}")
         if info.status == "succeeded":
             click.echo(f"output:   {json.dumps(info.output)}")

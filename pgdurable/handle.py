@@ -31,6 +31,7 @@ class WorkflowInfo(pydantic.BaseModel):
     attempt: int
     owner: str | None = None
     lease_until: datetime | None = None
+    available_at: datetime | None = None  # a pending run: claimable from then (delay, sleep)
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

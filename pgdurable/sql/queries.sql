@@ -62,13 +62,13 @@ select pgdurable.cancel(%(id)s) as status
 select pg_xact_status(%(xact_id)s::xid8) as status
 
 -- name: get_workflow
-select id, name, status, inputs, output, error, attempt, owner, lease_until, created_at,
-       started_at, finished_at, updated_at
+select id, name, status, inputs, output, error, attempt, owner, lease_until, available_at,
+       created_at, started_at, finished_at, updated_at
   from pgdurable.workflows where id = %(id)s
 
 -- name: list_workflows
-select id, name, status, inputs, output, error, attempt, owner, lease_until, created_at,
-       started_at, finished_at, updated_at
+select id, name, status, inputs, output, error, attempt, owner, lease_until, available_at,
+       created_at, started_at, finished_at, updated_at
   from pgdurable.workflows
  where (%(status)s::text is null or status = %(status)s::text)
    and (%(name)s::text is null or name = %(name)s::text)

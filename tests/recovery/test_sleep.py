@@ -109,6 +109,9 @@ def test_a_workers_long_sleep_suspends_the_run_and_frees_its_slot(
         wait_until(lambda: napping.status() == "pending", what="the run to be suspended")
         row = workflow(conn, napping.workflow_id)
         assert (row["owner"], row["lease_until"]) == (None, None)
+        wake_at = call(conn, "select (output->>'wake_at')::timestamptz as t from pgdurable.steps "
+                             "where workflow_id = %s and step_no = 1", (napping.workflow_id,))
+        assert napping.info().available_at == wake_at[0]["t"]
         # The only slot is free while it sleeps: another run goes first.
         assert naps.enqueue(quick).result(timeout=10) == "quick"
         assert napping.status() == "pending"
