@@ -4,12 +4,10 @@ item, and fencing holds in both orders, as in test_fencing.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg.types.json import Jsonb
 
 from .helpers import (
@@ -51,27 +49,6 @@ def commit_many(conn: Conn, step_items: list[tuple[Any, ...]] = (),  # type: ign
          [_j(v) for v in s[5]], [_j(v) for v in s[6]],
          list(e[0]), list(e[1]), list(e[2]), [_j(v) for v in e[3]], [_j(v) for v in e[4]]),
     )
-
-
-@pytest.fixture
-def a(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        set_now(conn, T0)
-        yield conn
-
-
-@pytest.fixture
-def observer(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
-def blocked() -> Iterator[list[Blocked]]:
-    made: list[Blocked] = []
-    yield made
-    for b in made:
-        b.close()
 
 
 def test_a_batch_records_steps_and_finishes_runs(a: Conn) -> None:

@@ -7,7 +7,6 @@ outcome after the first commits is asserted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
@@ -31,28 +30,6 @@ from .helpers import (
 )
 
 LATER = T0 + timedelta(minutes=1)  # after worker-a's 30 s lease
-
-
-@pytest.fixture
-def a(dsn: str) -> Iterator[Conn]:
-    """The first owner's connection (worker-a)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        set_now(conn, T0)
-        yield conn
-
-
-@pytest.fixture
-def observer(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
-def blocked(dsn: str) -> Iterator[list[Blocked]]:
-    made: list[Blocked] = []
-    yield made
-    for b in made:
-        b.close()
 
 
 def _later(conn: Conn) -> Conn:
