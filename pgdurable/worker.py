@@ -142,7 +142,8 @@ class Worker:
     # -- internals -------------------------------------------------------------------------
 
     def _unknown_queues(self) -> list[str]:
-        known = {row["name"] for row in self.app.db.fetch_all("queue_stats")}
+        rows = self.app.db.fetch_all("existing_queues", {"names": self.queues})
+        known = {row["name"] for row in rows}
         return [q for q in self.queues if q not in known]
 
     def _requeue_expired(self) -> None:

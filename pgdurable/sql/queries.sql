@@ -90,6 +90,10 @@ select pgdurable.declare_queue_recoveries(%(name)s, %(max_recoveries)s)
 -- name: set_queue_paused
 select pgdurable.set_queue_paused(%(name)s, %(paused)s) as paused
 
+-- name: existing_queues
+-- Which of these queues exist: a worker's start-up check (queue_stats would count the backlog).
+select name from pgdurable.queues where name = any(%(names)s::text[])
+
 -- name: queue_stats
 select name, paused, concurrency, worker_concurrency, rate_limit, rate_period_seconds,
        partition_concurrency, ready, running
