@@ -97,7 +97,36 @@ class Database:
             with self.connection(timeout) as pooled:
                 return _run(pooled, name, params)
 
-        return _with_reconnects(self, name, once)
+        return self.retrying(name, once)
+
+    def retrying(
+        self,
+        name: str,
+        once: Callable[[float], T],
+        *,
+        retry_if: Callable[[psycopg.OperationalError], bool] | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> T:
+        """Call `once(timeout)`, retrying a lost connection or a restarting server (every
+        OperationalError, or those `retry_if` accepts) with backoff, 0.05 s doubling to 2 s, for
+        up to `retry_seconds` in all, waiting for a pooled connection included; then
+        DatabaseUnavailable. `on_lost` runs after each failed call."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                return once(max(0.1, deadline - time.monotonic()))
+            except psycopg.OperationalError as exc:
+                if retry_if is not None and not retry_if(exc):
+                    raise
+                if on_lost is not None:
+                    on_lost()
+                if time.monotonic() + delay > deadline:
+                    raise errors.DatabaseUnavailable(
+                        f"database unavailable: {_one_line(exc)}") from exc
+                log.warning("%s: %s; retrying in %.2fs", name, _one_line(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def fetch_one(
         self, name: str, params: Params | None = None, *, conn: Conn | None = None
@@ -130,7 +159,7 @@ class Pinned:
                         f"no database connection available: {exc}") from None
             return _run_tuples(self._conn, name, params)
 
-        return _with_reconnects(self.db, name, once, on_lost=self.close)
+        return self.db.retrying(name, once, on_lost=self.close)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -139,27 +168,6 @@ class Pinned:
                 self.db.pool.putconn(conn)
             except Exception:  # the pool is closed already
                 conn.close()
-
-
-def _with_reconnects(
-    db: Database, name: str, once: Callable[[float], T], on_lost: Callable[[], None] | None = None
-) -> T:
-    """Call `once(timeout)`, retrying a lost connection or a restarting server with backoff
-    (0.05 s doubling to 2 s) for up to `db.retry_seconds` in all, waiting for a pooled
-    connection included; then DatabaseUnavailable."""
-    deadline = time.monotonic() + db.retry_seconds
-    delay = 0.05
-    while True:
-        try:
-            return once(max(0.1, deadline - time.monotonic()))
-        except psycopg.OperationalError as exc:
-            if on_lost is not None:
-                on_lost()
-            if time.monotonic() + delay > deadline:
-                raise errors.DatabaseUnavailable(f"database unavailable: {_one_line(exc)}") from exc
-            log.warning("%s: %s; retrying in %.2fs", name, _one_line(exc), delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
 
 def _run(conn: psycopg.Connection[Any], name: str, params: Params | None) -> list[Row]:

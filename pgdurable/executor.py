@@ -18,10 +18,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pgdurable import context
-from pgdurable.context import RecordedStep, WorkflowContext
+from pgdurable.context import WorkflowContext
 from pgdurable.errors import DatabaseUnavailable, FencedError, WorkflowNotFound
 from pgdurable.serde import as_stored, error_record
 from pgdurable.sleeping import Suspended
+from pgdurable.steps import load_recorded
 
 if TYPE_CHECKING:
     from pgdurable.app import App
@@ -173,12 +174,7 @@ def execute(
     Raises FencedError if the run was taken over meanwhile; nothing is then recorded.
     Returns ("succeeded", name, output as stored) once a success is committed, else None.
     """
-    rows = (app.db.fetch_all("load_steps", {"id": workflow_id, "epoch": epoch})
-            if has_steps else [])
-    recorded = {
-        r["step_no"]: RecordedStep(r["step_no"], r["name"], r["status"], r["output"], r["error"])
-        for r in rows
-    }
+    recorded = load_recorded(app, workflow_id, epoch) if has_steps else {}
     ctx = WorkflowContext(app=app, workflow_id=workflow_id, epoch=epoch, recorded=recorded,
                           suspendable=suspendable)
     token = context.activate(ctx)

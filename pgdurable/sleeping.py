@@ -15,7 +15,7 @@ import time
 from datetime import datetime, timedelta
 
 from pgdurable import context
-from pgdurable.errors import InvalidArgument, PgDurableError
+from pgdurable.errors import InvalidArgument
 from pgdurable.steps import recorded_step
 
 # A worker's run sleeping longer than this is suspended (its slot goes to other runs).
@@ -48,8 +48,7 @@ def sleep(seconds: float | timedelta) -> None:
         "sleep_step",
         {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "seconds": float(value)},
     )
-    if row is None:  # pragma: no cover - the function always returns one row
-        raise PgDurableError("sleep_step returned nothing")
+    assert row is not None  # the function returns one row
     remaining = float(row["remaining_seconds"])
     if remaining <= 0:
         return

@@ -19,15 +19,11 @@ import psycopg
 from pgdurable.completions import StepRecord
 from pgdurable.context import RecordedStep, WorkflowContext
 from pgdurable.db import jsonb
-from pgdurable.errors import (
-    DatabaseUnavailable,
-    NonDeterminismError,
-    PgDurableError,
-    StepOutcomeUnknown,
-)
+from pgdurable.errors import NonDeterminismError, PgDurableError, StepOutcomeUnknown
 from pgdurable.serde import as_stored, error_record, rebuild_exception
 
 if TYPE_CHECKING:
+    from pgdurable.app import App
     from pgdurable.decorators import RetryPolicy, StepFunction, TransactionFunction
 
 log = logging.getLogger("pgdurable.steps")
@@ -74,10 +70,10 @@ def run_transaction(
     if recorded is not None:
         return _outcome(recorded, step)
 
-    def attempt() -> RecordedStep:
+    def attempt(timeout: float) -> RecordedStep:
         # The user's writes and the checkpoint commit together, or not at all.
         try:
-            with ctx.app.db.connection() as conn, conn.transaction():
+            with ctx.app.db.connection(timeout) as conn, conn.transaction():
                 output = step.signature.encode_result(_in_step(ctx, lambda: body(conn)))
                 result, inserted = _record(ctx, step_no, step.name, "done", output, None, conn=conn)
                 if not inserted:
@@ -97,35 +93,28 @@ def run_transaction(
 
 
 def _redo_rolled_back_transactions(
-    ctx: WorkflowContext, step_no: int, name: str, attempt: Callable[[], RecordedStep]
+    ctx: WorkflowContext, step_no: int, name: str, attempt: Callable[[float], RecordedStep]
 ) -> RecordedStep:
     """Run a transaction step's attempt again when the database, not the user's code, ended
     its transaction: the connection was lost (server restart, killed backend) or the server
-    rolled it back (serialization failure, deadlock). None of these is the step's outcome.
-    The retries do not count against the step's retry policy, and give up (DatabaseUnavailable,
-    recording nothing) after the database's retry budget. A connection lost during COMMIT
-    leaves the outcome unknown, so every new attempt first looks for a recorded outcome; the
-    checkpoint in the same transaction makes the user's writes exactly-once either way."""
-    deadline = time.monotonic() + ctx.app.db.retry_seconds
-    delay = 0.05
-    while True:
-        try:
-            return attempt()
-        except psycopg.Error as exc:
-            if not _rolled_back_by_database(exc):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise DatabaseUnavailable(
-                    f"transaction step {name!r} of {ctx.workflow_id!r} could not commit: {exc}"
-                ) from exc
-            log.warning("transaction step %s of %s rolled back by the database (%s: %s), "
-                        "again in %.2fs", name, ctx.workflow_id, type(exc).__name__,
-                        " ".join(str(exc).split()), delay)
-        time.sleep(delay)
-        delay = min(delay * 2, 2.0)
-        recorded = _recorded_now(ctx, step_no, name)
-        if recorded is not None:
-            return recorded
+    rolled it back (serialization failure, deadlock). None of these is the step's outcome, so
+    the retries do not count against the step's retry policy; they share the backoff and budget
+    of every pooled call (then DatabaseUnavailable, recording nothing). A connection lost during
+    COMMIT leaves the outcome unknown, so every new attempt first looks for a recorded outcome;
+    the checkpoint in the same transaction makes the user's writes exactly-once either way."""
+    first = True
+
+    def once(timeout: float) -> RecordedStep:
+        nonlocal first
+        if not first:
+            recorded = _recorded_now(ctx, step_no, name)
+            if recorded is not None:
+                return recorded
+        first = False
+        return attempt(timeout)
+
+    return ctx.app.db.retrying(f"transaction step {name} of {ctx.workflow_id}", once,
+                               retry_if=_rolled_back_by_database)
 
 
 # Server-side rollbacks a transaction survives by running again: serialization_failure,
@@ -133,19 +122,23 @@ def _redo_rolled_back_transactions(
 _REDO_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 
 
-def _rolled_back_by_database(exc: psycopg.Error) -> bool:
-    if exc.sqlstate in _REDO_SQLSTATES or (exc.sqlstate or "").startswith("08"):
-        return True
+def _rolled_back_by_database(exc: psycopg.OperationalError) -> bool:
     # No SQLSTATE at all: the client lost the connection (closed socket, server gone).
-    return isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
+    sqlstate = exc.sqlstate or ""
+    return not sqlstate or sqlstate in _REDO_SQLSTATES or sqlstate.startswith("08")
 
 
 def _recorded_now(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
     """The step's outcome as the database has it now (fenced: raises if taken over)."""
-    for r in ctx.app.db.fetch_all("load_steps", {"id": ctx.workflow_id, "epoch": ctx.epoch}):
-        ctx.recorded[r["step_no"]] = RecordedStep(
-            r["step_no"], r["name"], r["status"], r["output"], r["error"])
+    ctx.recorded.update(load_recorded(ctx.app, ctx.workflow_id, ctx.epoch))
     return recorded_step(ctx, step_no, name)
+
+
+def load_recorded(app: App, workflow_id: str, epoch: int) -> dict[int, RecordedStep]:
+    """A run's recorded steps by position (fenced: raises if the epoch is stale)."""
+    rows = app.db.fetch_all("load_steps", {"id": workflow_id, "epoch": epoch})
+    return {r["step_no"]: RecordedStep(r["step_no"], r["name"], r["status"], r["output"],
+                                       r["error"]) for r in rows}
 
 
 def recorded_step(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
