@@ -19,15 +19,20 @@ begin
         perform pgdurable.raise_error('PD006', format('sleep must be >= 0 seconds, not %s',
                                                      coalesce(p_seconds::text, 'NULL')));
     end if;
-    perform pgdurable.check_epoch(p_id, p_epoch);
-    insert into pgdurable.steps
-           (workflow_id, step_no, name, status, output, attempt, started_at, finished_at)
-    values (p_id, p_step_no, 'pgdurable.sleep', 'done',
-            jsonb_build_object('wake_at', v_now + make_interval(secs => p_seconds)),
-            p_epoch, v_now, v_now)
-    on conflict (workflow_id, step_no) do nothing;
+    -- A replay reads the recorded time without the fencing lock: it writes nothing.
     select s.* into v_step from pgdurable.steps s
      where s.workflow_id = p_id and s.step_no = p_step_no;
+    if not found then
+        perform pgdurable.check_epoch(p_id, p_epoch);
+        insert into pgdurable.steps
+               (workflow_id, step_no, name, status, output, attempt, started_at, finished_at)
+        values (p_id, p_step_no, 'pgdurable.sleep', 'done',
+                jsonb_build_object('wake_at', v_now + make_interval(secs => p_seconds)),
+                p_epoch, v_now, v_now)
+        on conflict (workflow_id, step_no) do nothing;
+        select s.* into v_step from pgdurable.steps s
+         where s.workflow_id = p_id and s.step_no = p_step_no;
+    end if;
     if v_step.name <> 'pgdurable.sleep' then
         perform pgdurable.raise_error('PD003', format(
             'workflow %L step %s was recorded as %L but the code now calls pgdurable.sleep',
