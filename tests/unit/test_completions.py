@@ -50,6 +50,14 @@ def step(wid: str, step_no: int = 0) -> StepRecord:
     return StepRecord(wid, 1, step_no, "s", "done", None, None)
 
 
+def record_into(done: Completions, results: dict[str, Any], wid: str) -> None:
+    """Checkpoint step 0 of `wid`; its outcome, or the exception, goes to results[wid]."""
+    try:
+        results[wid] = done.record(step(wid))
+    except Exception as exc:
+        results[wid] = exc
+
+
 def test_a_lone_item_is_written_on_the_callers_thread() -> None:
     db = FakeDb()
     done = Completions(db)  # type: ignore[arg-type]
@@ -89,12 +97,6 @@ def test_rows_returned_for_a_batch_reach_their_items() -> None:
     done = Completions(db)  # type: ignore[arg-type]
     results: dict[str, Any] = {}
 
-    def rec(wid: str) -> None:
-        try:
-            results[wid] = done.record(step(wid))
-        except Exception as exc:
-            results[wid] = exc
-
     def fin(wid: str) -> None:
         try:
             done.finish(wid, 1, "succeeded", None, None)
@@ -102,14 +104,14 @@ def test_rows_returned_for_a_batch_reach_their_items() -> None:
         except Exception as exc:
             results[wid] = exc
 
-    lead = threading.Thread(target=rec, args=("lead",))
+    lead = threading.Thread(target=record_into, args=(done, results, "lead"))
     lead.start()
     assert db.entered.wait(5)
-    threads = [threading.Thread(target=rec, args=("a",))]
+    threads = [threading.Thread(target=record_into, args=(done, results, "a"))]
     threads[0].start()
     while len(done._queued) < 1:
         time.sleep(0.001)
-    threads.append(threading.Thread(target=rec, args=("b",)))
+    threads.append(threading.Thread(target=record_into, args=(done, results, "b")))
     threads[1].start()
     while len(done._queued) < 2:
         time.sleep(0.001)
@@ -159,13 +161,8 @@ def test_an_item_the_server_refuses_does_not_fail_the_others_of_its_batch() -> N
     done = Completions(db)  # type: ignore[arg-type]
     results: dict[str, Any] = {}
 
-    def rec(wid: str) -> None:
-        try:
-            results[wid] = done.record(step(wid))
-        except Exception as exc:
-            results[wid] = exc
-
-    threads = [threading.Thread(target=rec, args=(wid,)) for wid in ("lead", "bad", "good")]
+    threads = [threading.Thread(target=record_into, args=(done, results, wid))
+               for wid in ("lead", "bad", "good")]
     threads[0].start()
     assert db.entered.wait(5)
     for t in threads[1:]:
