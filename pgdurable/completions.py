@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
 from pgdurable import errors
 from pgdurable.db import jsonb
 
@@ -157,15 +155,9 @@ class Completions:
             "errors": [jsonb(e.error) for e in endings],
         }
         try:
-            for attempt in range(5):
-                try:
-                    rows = self._conn.fetch_all("commit_many", params)
-                    break
-                except (psycopg.errors.DeadlockDetected,
-                        psycopg.errors.SerializationFailure):
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.01 * 2**attempt)  # the transaction rolled back: redo it
+            # A deadlock or serialization failure is retried below this call, like a lost
+            # connection (db.is_transient): the transaction rolled back, nothing was written.
+            rows = self._conn.fetch_all("commit_many", params)
         except errors.ConfigurationError as exc:  # the database is gone (for long)
             everything: list[StepRecord | Ending] = [*steps, *endings]
             for failed in everything:

@@ -100,24 +100,19 @@ class Database:
         return self.retrying(name, once)
 
     def retrying(
-        self,
-        name: str,
-        once: Callable[[float], T],
-        *,
-        retry_if: Callable[[psycopg.OperationalError], bool] | None = None,
-        on_lost: Callable[[], None] | None = None,
+        self, name: str, once: Callable[[float], T], *, on_lost: Callable[[], None] | None = None
     ) -> T:
-        """Call `once(timeout)`, retrying a lost connection or a restarting server (every
-        OperationalError, or those `retry_if` accepts) with backoff, 0.05 s doubling to 2 s, for
-        up to `retry_seconds` in all, waiting for a pooled connection included; then
-        DatabaseUnavailable. `on_lost` runs after each failed call."""
+        """Call `once(timeout)`, calling it again after a transient error (`is_transient`: a
+        lost connection, a restarting server, a serialization failure or deadlock) with backoff,
+        0.05 s doubling to 2 s, for up to `retry_seconds` in all, waiting for a pooled
+        connection included; then DatabaseUnavailable. `on_lost` runs after each failed call."""
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.05
         while True:
             try:
                 return once(max(0.1, deadline - time.monotonic()))
             except psycopg.OperationalError as exc:
-                if retry_if is not None and not retry_if(exc):
+                if not is_transient(exc):
                     raise
                 if on_lost is not None:
                     on_lost()
@@ -168,6 +163,19 @@ class Pinned:
                 self.db.pool.putconn(conn)
             except Exception:  # the pool is closed already
                 conn.close()
+
+
+# Server-side ends of a transaction that a call survives by being made again:
+# serialization_failure, deadlock_detected, and the shutdown/crash codes a backend reports as
+# it goes away (class 08 is a lost connection too).
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+
+
+def is_transient(exc: psycopg.OperationalError) -> bool:
+    """Did the database, not the statement, end the call (so that it can be made again)?
+    No SQLSTATE at all means the client lost the connection (closed socket, server gone)."""
+    sqlstate = exc.sqlstate or ""
+    return not sqlstate or sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith("08")
 
 
 def _run(conn: psycopg.Connection[Any], name: str, params: Params | None) -> list[Row]:

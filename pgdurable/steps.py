@@ -113,19 +113,7 @@ def _redo_rolled_back_transactions(
         first = False
         return attempt(timeout)
 
-    return ctx.app.db.retrying(f"transaction step {name} of {ctx.workflow_id}", once,
-                               retry_if=_rolled_back_by_database)
-
-
-# Server-side rollbacks a transaction survives by running again: serialization_failure,
-# deadlock_detected, and the shutdown/crash codes a backend reports as it goes away.
-_REDO_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
-
-
-def _rolled_back_by_database(exc: psycopg.OperationalError) -> bool:
-    # No SQLSTATE at all: the client lost the connection (closed socket, server gone).
-    sqlstate = exc.sqlstate or ""
-    return not sqlstate or sqlstate in _REDO_SQLSTATES or sqlstate.startswith("08")
+    return ctx.app.db.retrying(f"transaction step {name} of {ctx.workflow_id}", once)
 
 
 def _recorded_now(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
