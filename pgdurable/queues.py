@@ -99,14 +99,15 @@ class Queue:
 
     def declare(self, conn: psycopg.Connection[Any] | None = None) -> None:
         """Write this queue's limits to the database (done automatically on connect)."""
-        if conn is None:
-            with self.app.db.connection() as pooled:
-                self.declare(pooled)
-            return
-        run_query(conn, "declare_queue", self._limits())
+        calls = [("declare_queue", self._limits())]
         if self.max_recoveries is not None:
-            run_query(conn, "declare_queue_recoveries",
-                      {"name": self.name, "max_recoveries": self.max_recoveries})
+            calls.append(("declare_queue_recoveries",
+                          {"name": self.name, "max_recoveries": self.max_recoveries}))
+        for name, params in calls:
+            if conn is not None:  # while the App connects (app.db is not there yet)
+                run_query(conn, name, params)
+            else:  # pooled, retried through a lost connection
+                self.app.db.fetch_one(name, params)
 
     def _limits(self) -> dict[str, Any]:
         return (
