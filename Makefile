@@ -26,7 +26,7 @@ test-faults: $(STAMP)
 	$(BIN)/pytest -m slow tests/faults
 
 lint: $(STAMP)
-	$(BIN)/ruff check pgdurable tests examples
+	$(BIN)/ruff check pgdurable bench tests examples
 	$(BIN)/mypy
 
 clean:

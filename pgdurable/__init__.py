@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from pgdurable.app import App
-from pgdurable.context import workflow_id
-from pgdurable.decorators import RetryPolicy, StepFunction, TransactionFunction, WorkflowFunction
-from pgdurable.errors import (
+from pgdurable.api.app import App
+from pgdurable.api.decorators import (
+    RetryPolicy,
+    StepFunction,
+    TransactionFunction,
+    WorkflowFunction,
+)
+from pgdurable.api.handles import StepInfo, WorkflowHandle, WorkflowInfo
+from pgdurable.api.queues import Queue, RateLimit
+from pgdurable.core.errors import (
     ConfigurationError,
     DatabaseUnavailable,
     FencedError,
@@ -24,10 +30,9 @@ from pgdurable.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from pgdurable.handle import StepInfo, WorkflowHandle, WorkflowInfo
-from pgdurable.queues import Queue, RateLimit
-from pgdurable.sleeping import sleep
-from pgdurable.worker import Worker
+from pgdurable.runtime.context import workflow_id
+from pgdurable.runtime.sleeping import sleep
+from pgdurable.runtime.worker import Worker
 
 __version__ = "0.1.0"
 

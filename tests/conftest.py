@@ -18,7 +18,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql.janitor import DatabaseJanitor
 
 import pgdurable
-from pgdurable import embedded, migrate
+from pgdurable.dev import embedded
+from pgdurable.store import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 _counter = itertools.count()

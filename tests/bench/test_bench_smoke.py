@@ -16,8 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner
-
-from pgdurable.bench import bench_command
+from pgdurable_bench import bench_command
 
 UNREACHABLE = "postgresql://x@127.0.0.1:1/x"
 

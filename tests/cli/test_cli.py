@@ -15,8 +15,8 @@ import pytest
 from psycopg.types.json import Jsonb
 
 import pgdurable
-from pgdurable import migrate
 from pgdurable.cli import main as cli_main
+from pgdurable.store import migrate
 
 UNREACHABLE = "postgresql://x@127.0.0.1:1/x"
 

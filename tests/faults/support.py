@@ -38,7 +38,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from pgdurable import migrate
+from pgdurable.store import migrate
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")

@@ -17,6 +17,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 import pgdurable
+from pgdurable.store.database import translate
 
 from .helpers import (
     QAPP_SCHEMA,
@@ -250,7 +251,7 @@ def test_sigkill_a_worker_and_another_takes_its_runs_over(dsn: str, db: Conn,
             db.execute("select pgdurable.finish_workflow(%s, 1, 'succeeded', '0', null)",
                        (wid,))
         assert info.value.sqlstate == "PD001"
-        assert isinstance(pgdurable.errors.translate(info.value), pgdurable.FencedError)
+        assert isinstance(translate(info.value), pgdurable.FencedError)
 
     db.execute("insert into qflags values ('go')")
     run_to_completion(db, ids)

@@ -18,7 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgdurable import cron
+from pgdurable.core import cron
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")

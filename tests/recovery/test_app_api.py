@@ -18,8 +18,8 @@ from pgdurable.errors import (
     UnknownQueue,
     WorkflowFailed,
 )
-from pgdurable.recovery import DEFAULT_RETENTION_SECONDS, RecoverySettings, sweep
-from pgdurable.worker import Worker
+from pgdurable.runtime.recovery import DEFAULT_RETENTION_SECONDS, RecoverySettings, sweep
+from pgdurable.runtime.worker import Worker
 
 from .helpers import call, claim_one, declare_queue, enqueue, scalar, scheduled_ids, set_now
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgdurable import cron
+from pgdurable.core import cron
 from pgdurable.errors import InvalidArgument
 
 ALL_MINUTES = tuple(range(60))

@@ -16,7 +16,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from pgdurable.errors import SchemaError
-from pgdurable.recovery import RecoveryDaemon, RecoverySettings
+from pgdurable.runtime.recovery import RecoveryDaemon, RecoverySettings
 
 from .helpers import (
     backends,

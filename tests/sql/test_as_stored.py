@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
-from pgdurable.serde import as_stored
+from pgdurable.core.serde import as_stored
 
 # Text jsonb can hold: no NUL, no lone surrogates (which JSON text cannot carry either).
 TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 import pgdurable
-from pgdurable import migrate
 from pgdurable.errors import SchemaError
-from pgdurable.migrate import Migration
+from pgdurable.store import migrate
+from pgdurable.store.migrate import Migration
 
 from .helpers import Blocked, Conn, call, wait_for_lock_wait
 

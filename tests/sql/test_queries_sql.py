@@ -10,8 +10,8 @@ from psycopg import pq
 from psycopg.types.json import Jsonb
 
 from pgdurable import errors
-from pgdurable.db import Database, run_query
-from pgdurable.queries import all_queries
+from pgdurable.store.database import Database, run_query, translate
+from pgdurable.store.sql import all_queries
 
 from .helpers import Conn, start
 
@@ -47,7 +47,7 @@ def test_translate_maps_each_pd_sqlstate(conn: Conn, code: str) -> None:
     with pytest.raises(psycopg.Error) as info:
         conn.execute("select pgdurable.raise_error(%s, 'the message', 'the hint')", (code,))
     assert info.value.sqlstate == code
-    translated = errors.translate(info.value)
+    translated = translate(info.value)
     assert type(translated) is errors.SQLSTATE_TO_EXCEPTION[code]
     assert isinstance(translated, errors.PgDurableError)
     assert str(translated) == "the message (hint: the hint)"
@@ -56,7 +56,7 @@ def test_translate_maps_each_pd_sqlstate(conn: Conn, code: str) -> None:
 def test_translate_without_a_hint_keeps_the_bare_message(conn: Conn) -> None:
     with pytest.raises(psycopg.Error) as info:
         conn.execute("select pgdurable.raise_error('PD004', 'workflow ''x'' does not exist')")
-    translated = errors.translate(info.value)
+    translated = translate(info.value)
     assert isinstance(translated, errors.WorkflowNotFound)
     assert isinstance(translated, LookupError)
     assert str(translated) == "workflow 'x' does not exist"
@@ -66,7 +66,7 @@ def test_translate_without_a_hint_keeps_the_bare_message(conn: Conn) -> None:
 def test_translate_returns_other_errors_unchanged(conn: Conn, sql: str) -> None:
     with pytest.raises(psycopg.Error) as info:
         conn.execute(sql)
-    assert errors.translate(info.value) is info.value
+    assert translate(info.value) is info.value
 
 
 def test_run_query_raises_the_translated_exception(conn: Conn) -> None:

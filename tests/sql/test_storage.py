@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 import pgdurable
+from pgdurable.core.serde import Signature
 from pgdurable.errors import SerializationError
-from pgdurable.serde import Signature
 
 from .helpers import Conn, call
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import pgdurable
-from pgdurable.app import default_name
+from pgdurable.api.app import default_name
 from pgdurable.errors import InvalidArgument, RegistrationError, SerializationError
 
 NOWHERE = "postgresql://nobody@127.0.0.1:1/nothing"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pgdurable import errors
-from pgdurable.completions import Completions, StepRecord
+from pgdurable.store.completions import Completions, StepRecord
 
 
 class FakeDb:

@@ -9,9 +9,10 @@ import pytest
 
 import pgdurable
 from pgdurable import errors
-from pgdurable.queries import all_queries, parse, query
+from pgdurable.store.sql import all_queries, parse, query
 
 PACKAGE = Path(pgdurable.__file__).parent
+ROOT = PACKAGE.parent
 # fetch_one("name", ...), fetch_all(\n "name"...), run_query(conn, "name"), query("name")
 _CALL = re.compile(r"\b(?:fetch_one|fetch_all|run_query|query)\(\s*(?:[\w.]+\s*,\s*)?\"(\w+)\"")
 
@@ -82,7 +83,7 @@ def test_every_query_name_used_in_the_library_exists() -> None:
 
 def test_every_pd_sqlstate_raised_in_sql_is_mapped() -> None:
     sql = "\n".join(p.read_text("utf-8")
-                    for p in sorted((PACKAGE / "sql" / "migrations").glob("*.sql")))
+                    for p in sorted((ROOT / "sql" / "migrations").glob("*.sql")))
     raised = set(re.findall(r"'(PD\d{3})'", sql))
     assert raised, "no PDxxx codes found in the migrations"
     assert raised <= set(errors.SQLSTATE_TO_EXCEPTION)

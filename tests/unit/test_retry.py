@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import pgdurable
 from pgdurable import errors
-from pgdurable.decorators import RetryPolicy
+from pgdurable.api.decorators import RetryPolicy
 
 
 def delays(policy: RetryPolicy, upto: int) -> list[float | None]:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pgdurable.core.serde import Signature, error_record, rebuild_exception
 from pgdurable.errors import SerializationError, StepFailed
-from pgdurable.serde import Signature, error_record, rebuild_exception
 
 
 class Item(pydantic.BaseModel):

@@ -1,0 +1,1 @@
+"""API: what users hold (App, admin, decorators, handles, queues, schedules, testing)."""

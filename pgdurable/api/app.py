@@ -1,0 +1,523 @@
+"""`App`: the registry of workflows and steps, and the entry points to start and manage runs."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar, overload
+
+import psycopg
+
+from pgdurable.api.decorators import (
+    RetryPolicy,
+    StepFunction,
+    TransactionFunction,
+    WorkflowFunction,
+)
+from pgdurable.api.handles import StepInfo, WorkflowHandle, WorkflowInfo
+from pgdurable.api.queues import Queue, RateLimit
+from pgdurable.api.schedules import Schedule, declare_all
+from pgdurable.core.errors import (
+    InvalidArgument,
+    RegistrationError,
+    SerializationError,
+)
+from pgdurable.dev.config import resolve_dsn
+from pgdurable.runtime.executor import Executor
+from pgdurable.store import migrate
+from pgdurable.store.completions import Completions
+from pgdurable.store.database import Database, jsonb
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def default_name(fn: Callable[..., Any]) -> str:
+    """`module.qualname`; for a script run as __main__, the script's file stem stands in for
+    the module, so the name is the same when another process imports the file."""
+    module = fn.__module__
+    if module == "__main__":
+        main = sys.modules["__main__"]
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif getattr(main, "__file__", None):
+            module = Path(main.__file__ or "main").stem
+    return f"{module}.{fn.__qualname__}"
+
+
+@dataclass
+class Registry:
+    workflows: dict[str, WorkflowFunction[Any, Any]] = field(default_factory=dict)
+    steps: dict[str, StepFunction[Any, Any] | TransactionFunction[Any, Any]] = field(
+        default_factory=dict
+    )
+    queues: dict[str, Queue] = field(default_factory=dict)
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+
+    def claim_name(self, name: str, kind: str, fn: Callable[..., Any] | None = None) -> None:
+        if fn is not None and (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
+            raise RegistrationError(
+                f"{kind} {name!r} is an async function: pgdurable runs plain functions only "
+                "for now (call your async code with asyncio.run inside a plain step)"
+            )
+        if name in self.workflows or name in self.steps:
+            raise RegistrationError(
+                f"{kind} name {name!r} is already registered; pass name=... to tell them apart"
+            )
+
+
+class App:
+    """A pgdurable application: where the database is, and what it can run.
+
+    `dsn`: a libpq connection string. Default: PGDURABLE_DSN, else libpq's PG* variables, else
+    the embedded development server. Nothing connects until the first run or query.
+    `lease_seconds`: how long a run stays owned without a heartbeat (a crashed process's runs can
+    be taken over after this). `heartbeat_seconds`: renewal period, default a third of the lease.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        lease_seconds: float = 30.0,
+        heartbeat_seconds: float | None = None,
+        pool_size: int = 10,
+        max_threads: int = 64,
+        auto_migrate: bool = False,
+    ) -> None:
+        if not math.isfinite(lease_seconds) or lease_seconds <= 0:
+            raise InvalidArgument(f"lease_seconds must be > 0, not {lease_seconds!r}")
+        heartbeat = lease_seconds / 3 if heartbeat_seconds is None else heartbeat_seconds
+        if not math.isfinite(heartbeat) or not 0 < heartbeat < lease_seconds:
+            raise InvalidArgument(
+                f"heartbeat_seconds must be > 0 and < lease_seconds, not {heartbeat!r}"
+            )
+        if pool_size < 1 or max_threads < 1:
+            raise InvalidArgument("pool_size and max_threads must be >= 1")
+        self._dsn = dsn
+        self.lease_seconds = float(lease_seconds)
+        self.heartbeat_seconds = float(heartbeat)
+        self.auto_migrate = auto_migrate
+        self.registry = Registry()
+        self._pool_size = pool_size
+        self._db: Database | None = None
+        self._executor: Executor | None = None
+        self._completions: Completions | None = None
+        self._max_threads = max_threads
+        self._open_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def use_dsn(self, dsn: str) -> None:
+        """Point the App at another database (e.g. from a CLI option), before it connects."""
+        if self._db is not None:
+            raise InvalidArgument("use_dsn() must be called before the App connects")
+        self._dsn = dsn
+
+    @property
+    def db(self) -> Database:
+        """The connection pool, opened (and the schema checked) on first use."""
+        if self._db is None:
+            with self._open_lock:
+                if self._db is None:
+                    self._db = self._open()
+        return self._db
+
+    @property
+    def completions(self) -> Completions:
+        """Group commit of finished runs (see completions.py)."""
+        if self._completions is None:
+            db = self.db
+            with self._open_lock:
+                if self._completions is None:
+                    self._completions = Completions(db)
+        return self._completions
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            with self._open_lock:
+                if self._executor is None:
+                    self._executor = Executor(self, max_threads=self._max_threads)
+        return self._executor
+
+    def _open(self) -> Database:
+        db = Database(resolve_dsn(self._dsn), max_size=self._pool_size)
+        db.open()
+        try:
+            with db.connection() as conn:
+                if self.auto_migrate:
+                    migrate.migrate(conn)
+                migrate.check_schema(conn)
+                for queue in self.registry.queues.values():
+                    queue.declare(conn=conn)
+                declare_all(self, conn)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def close(self, wait: bool = True) -> None:
+        """Stop local executions' threads (waiting for them with `wait`) and close the pool."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=wait)
+            self._executor = None
+        if self._completions is not None:
+            self._completions.close()
+            self._completions = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- registration ----------------------------------------------------------------------
+
+    def workflow(
+        self, *, name: str | None = None, max_attempts: int = 1, retry_backoff: float = 1.0
+    ) -> Callable[[Callable[P, R]], WorkflowFunction[P, R]]:
+        """Register a durable workflow. Its steps are checkpointed; after a crash, a new
+        execution replays recorded steps and continues from the first unrecorded one.
+
+        `max_attempts`: executions a queued run gets when it fails (retries are scheduled in SQL
+        after `retry_backoff * 2^(n-1)` seconds, keeping checkpoints); then it ends `failed`.
+        """
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
+                or max_attempts < 1:
+            raise InvalidArgument(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
+        if not math.isfinite(retry_backoff) or retry_backoff < 0:
+            raise InvalidArgument(f"retry_backoff must be >= 0, not {retry_backoff!r}")
+
+        def register(fn: Callable[P, R]) -> WorkflowFunction[P, R]:
+            wf_name = name or default_name(fn)
+            self.registry.claim_name(wf_name, "workflow", fn)
+            wf = WorkflowFunction(self, fn, wf_name, max_attempts=max_attempts,
+                                  retry_backoff=retry_backoff)
+            self.registry.workflows[wf_name] = wf
+            return wf
+
+        return register
+
+    def step(
+        self,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        max_interval: float = 60.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        at_most_once: bool = False,
+    ) -> Callable[[Callable[P, R]], StepFunction[P, R]]:
+        """Register a step: its output is recorded once and replayed, never re-run.
+
+        The body runs at least once (a crash after it ran but before its checkpoint committed
+        runs it again). `at_most_once=True` commits an intent first and never runs the body
+        again after such a crash: the workflow sees StepOutcomeUnknown instead.
+        """
+        policy = RetryPolicy(retries, interval, backoff, max_interval, tuple(retry_on))
+
+        def register(fn: Callable[P, R]) -> StepFunction[P, R]:
+            step_name = name or default_name(fn)
+            self.registry.claim_name(step_name, "step", fn)
+            step = StepFunction(self, fn, step_name, policy, at_most_once)
+            self.registry.steps[step_name] = step
+            return step
+
+        return register
+
+    def transaction(
+        self,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        max_interval: float = 60.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Callable[
+        [Callable[Concatenate[psycopg.Connection[Any], P], R]], TransactionFunction[P, R]
+    ]:
+        """Register a transaction step. The function's first parameter is a psycopg connection
+        in an open transaction; its writes and the step's checkpoint commit together, so its
+        effect on the database happens exactly once."""
+        policy = RetryPolicy(retries, interval, backoff, max_interval, tuple(retry_on))
+
+        def register(
+            fn: Callable[Concatenate[psycopg.Connection[Any], P], R],
+        ) -> TransactionFunction[P, R]:
+            step_name = name or default_name(fn)
+            self.registry.claim_name(step_name, "transaction", fn)
+            step = TransactionFunction(self, fn, step_name, policy)
+            self.registry.steps[step_name] = step
+            return step
+
+        return register
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
+        partition_concurrency: int | None = None,
+        max_recoveries: int | None = None,
+    ) -> Queue:
+        """Declare a queue and its limits (None = unlimited). Limits are stored in the
+        database when this App connects, so all workers enforce the same ones.
+        `max_recoveries`: lease expiries after which a run ends failed (None: keep the stored
+        budget, 10 for a new queue)."""
+        if name in self.registry.queues:
+            raise RegistrationError(f"queue {name!r} is already declared")
+        queue = Queue(self, name, concurrency=concurrency, worker_concurrency=worker_concurrency,
+                      rate_limit=rate_limit, partition_concurrency=partition_concurrency,
+                      max_recoveries=max_recoveries)
+        self.registry.queues[name] = queue
+        if self._db is not None:
+            queue.declare()
+        return queue
+
+    def schedule(
+        self,
+        name: str,
+        cron: str,
+        fn: WorkflowFunction[Any, Any] | str,
+        *args: Any,
+        queue: str = "default",
+        timezone: str = "UTC",
+        catch_up: bool = False,
+        **kwargs: Any,
+    ) -> Schedule:
+        """Start `fn(*args, **kwargs)` on `queue` at every tick of the cron expression (in
+        `timezone`). Each tick starts exactly one run (id `schedule:<name>:<tick>`), however
+        many recovery daemons run. Ticks missed while no daemon ran are skipped, unless
+        `catch_up` (then they fire, at most one day back). Stored when the App connects; the
+        `pgdurable recover` daemon fires them."""
+        if name in self.registry.schedules:
+            raise RegistrationError(f"schedule {name!r} is already declared")
+        if not isinstance(fn, str | WorkflowFunction):
+            raise RegistrationError(
+                f"schedule {name!r}: {fn!r} is not a workflow registered with @app.workflow()"
+            )
+        schedule = Schedule.build(name, cron, self.resolve(fn), args, kwargs, queue=queue,
+                                  timezone=timezone, catch_up=catch_up)
+        if self._db is not None:  # connected: store it first, keep it only if that worked
+            with self.db.connection() as conn:
+                schedule.declare(conn)
+        self.registry.schedules[name] = schedule
+        return schedule
+
+    def scheduled(
+        self, cron: str, *, name: str | None = None, queue: str = "default",
+        timezone: str = "UTC", catch_up: bool = False,
+    ) -> Callable[[WorkflowFunction[P, R]], WorkflowFunction[P, R]]:
+        """Decorator form of `schedule` for a workflow without arguments:
+        `@app.scheduled("*/5 * * * *")` above `@app.workflow()`."""
+        from pgdurable.core import cron as cron_module
+
+        cron_module.parse(cron)  # a bad expression fails at declaration, before decoration
+
+        def register(wf: WorkflowFunction[P, R]) -> WorkflowFunction[P, R]:
+            if not isinstance(wf, WorkflowFunction):
+                raise RegistrationError(
+                    "@app.scheduled(...) goes above @app.workflow(): it needs a workflow"
+                )
+            self.schedule(name or wf.name, cron, wf, queue=queue, timezone=timezone,
+                          catch_up=catch_up)
+            return wf
+
+        return register
+
+    # -- starting runs ---------------------------------------------------------------------
+
+    @overload
+    def start(
+        self,
+        fn: WorkflowFunction[P, R],
+        *args: Any,
+        workflow_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]: ...
+
+    @overload
+    def start(
+        self,
+        fn: str,
+        *args: Any,
+        workflow_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[Any]: ...
+
+    def start(
+        self,
+        fn: WorkflowFunction[Any, Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[Any]:
+        """Start a run of a workflow in this process and return its handle.
+
+        `workflow_id` is an idempotency key: if a run with that id exists, its handle is
+        returned and nothing new runs (if its owner's lease expired, this process takes it
+        over and continues it from its checkpoints). With `conn`, the run is created inside the
+        caller's transaction and executes only once that transaction commits; on rollback it
+        never existed.
+        """
+        return self.start_run(self.resolve(fn), args, kwargs, workflow_id=workflow_id, conn=conn)
+
+    def start_run(
+        self,
+        wf: WorkflowFunction[Any, R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        workflow_id: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> WorkflowHandle[R]:
+        """`start` with the workflow's arguments passed as a tuple and a dict (no clash with
+        the `workflow_id` / `conn` keywords)."""
+        inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
+        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+            raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
+        wid = workflow_id or str(uuid.uuid4())
+        executor = self.executor
+        row = self.db.fetch_one(
+            "start_workflow",
+            {"id": wid, "name": wf.name, "inputs": jsonb(inputs), "owner": executor.worker_id,
+             "lease_seconds": self.lease_seconds},
+            conn=conn,
+        )
+        assert row is not None
+        xact = row["xact_id"] if conn is not None else None
+        if row["started"]:
+            # Epoch 1 is a run's first execution ever: it has no checkpoints to load. (Created
+            # on the caller's connection, the run may still vanish with a rolled-back
+            # savepoint: there load_steps also checks that it exists before anything runs.)
+            executor.submit(wf, wid, row["epoch"], row["inputs"], after_xact=xact,
+                            has_steps=row["epoch"] > 1 or conn is not None)
+        return WorkflowHandle(self, wid, created_in_xact=xact)
+
+    def resolve(self, fn: WorkflowFunction[Any, R] | str) -> WorkflowFunction[Any, R]:
+        """The registered workflow for a decorated function or its name."""
+        if isinstance(fn, WorkflowFunction):
+            if fn.app is not self:
+                raise RegistrationError(f"workflow {fn.name!r} belongs to another App")
+            return fn
+        if isinstance(fn, str):
+            wf = self.registry.workflows.get(fn)
+            if wf is None:
+                raise RegistrationError(
+                    f"no workflow named {fn!r} is registered; known: "
+                    f"{', '.join(sorted(self.registry.workflows)) or 'none'}"
+                )
+            return wf
+        raise SerializationError(
+            f"app.start() needs a function decorated with @app.workflow() or its name, "
+            f"not {fn!r}"
+        )
+
+    # -- managing runs ---------------------------------------------------------------------
+
+    def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle on an existing run (WorkflowNotFound if there is none)."""
+        handle: WorkflowHandle[Any] = WorkflowHandle(self, workflow_id)
+        handle.info()
+        return handle
+
+    def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """Continue a run in this process from its checkpoints: one whose owner's lease expired,
+        or one that failed or was cancelled. A run with a live lease is left to its owner; a
+        succeeded run is left alone. Returns its handle either way."""
+        name = self.get_workflow(workflow_id).name
+        wf = self.registry.workflows.get(name)
+        if wf is None:  # checked before any state changes
+            raise RegistrationError(
+                f"workflow {workflow_id!r} runs {name!r}, which this App does not register; "
+                "resume it from a process that imports it, or `pgdurable workflows resume` "
+                "it without --app to put it back on its queue"
+            )
+        row = self.db.fetch_one(
+            "resume",
+            {"id": workflow_id, "owner": self.executor.worker_id,
+             "lease_seconds": self.lease_seconds},
+        )
+        if row is not None:
+            self.executor.submit(wf, workflow_id, row["epoch"], row["inputs"])
+        return self.retrieve(workflow_id)
+
+    def take_over(self, workflow_id: str) -> bool:
+        """Continue a run here if its owner's lease expired (or it is pending). Returns whether
+        this process took it; the SQL decides atomically, so racing processes cannot both."""
+        row = self.db.fetch_one(
+            "acquire",
+            {"id": workflow_id, "owner": self.executor.worker_id,
+             "lease_seconds": self.lease_seconds},
+        )
+        if row is None:
+            return False
+        self.executor.submit(self.resolve(str(row["name"])), workflow_id, row["epoch"],
+                             row["inputs"])
+        return True
+
+    def cancel(self, workflow_id: str) -> str:
+        """Cancel a run that has not finished; its execution stops at its next checkpoint.
+        Returns the run's status afterwards."""
+        row = self.db.fetch_one("cancel", {"id": workflow_id})
+        assert row is not None
+        return str(row["status"])
+
+    def list_workflows(
+        self, *, status: str | None = None, name: str | None = None, limit: int = 100
+    ) -> list[WorkflowInfo]:
+        """The most recent runs first, optionally filtered by status and workflow name."""
+        if limit < 1:
+            raise InvalidArgument(f"limit must be >= 1, not {limit}")
+        rows = self.db.fetch_all(
+            "list_workflows", {"status": status, "name": name, "limit": limit}
+        )
+        return [WorkflowInfo.model_validate(r) for r in rows]
+
+    def list_steps(self, workflow_id: str) -> list[StepInfo]:
+        """The recorded steps of a run, in order."""
+        return [StepInfo.model_validate(r) for r in self.db.fetch_all("list_steps",
+                                                                      {"id": workflow_id})]
+
+    def requeue(self, workflow_id: str) -> str:
+        """Put a failed, cancelled or abandoned run back on its queue for a worker to
+        continue from its checkpoints. Returns its status afterwards."""
+        row = self.db.fetch_one("requeue", {"id": workflow_id})
+        assert row is not None
+        return str(row["status"])
+
+    def queue_stats(self) -> list[dict[str, Any]]:
+        """Every queue in the database with its limits, paused flag, ready and running counts."""
+        return self.db.fetch_all("queue_stats")
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        """Every cron schedule stored in the database: expression, workflow, queue, time zone,
+        the last tick handled, and the error of the latest tick that could not fire."""
+        return self.db.fetch_all("list_schedules")
+
+    def pause_queue(self, name: str) -> None:
+        self.db.fetch_one("set_queue_paused", {"name": name, "paused": True})
+
+    def resume_queue(self, name: str) -> None:
+        self.db.fetch_one("set_queue_paused", {"name": name, "paused": False})
+
+    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        return WorkflowHandle(self, workflow_id).info()

@@ -1,0 +1,158 @@
+"""Handles on runs, and typed rows describing runs and steps."""
+
+from __future__ import annotations
+
+import time
+from concurrent import futures
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pydantic
+
+from pgdurable.core.errors import WorkflowCancelled, WorkflowFailed, WorkflowNotFound
+
+if TYPE_CHECKING:
+    from pgdurable.api.app import App
+
+R = TypeVar("R")
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class WorkflowInfo(pydantic.BaseModel):
+    """One row of `pgdurable.workflows`, as stored (inputs and output are raw JSON)."""
+
+    id: str
+    name: str
+    status: str
+    inputs: Any
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempt: int
+    owner: str | None = None
+    lease_until: datetime | None = None
+    available_at: datetime | None = None  # a pending run: claimable from then (delay, sleep)
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+
+class StepInfo(pydantic.BaseModel):
+    """One recorded step of a run."""
+
+    step_no: int
+    name: str
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempt: int
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+class WorkflowHandle(Generic[R]):
+    """A handle on one run, wherever it executes. Cheap to create; every call reads the
+    database, so a handle stays valid across processes and restarts."""
+
+    def __init__(self, app: App, workflow_id: str, *, created_in_xact: str | None = None) -> None:
+        self.app = app
+        self.workflow_id = workflow_id
+        # Set when the run was created inside the caller's transaction: until that commits the
+        # row is invisible, and if it rolls back the run never existed.
+        self._created_in_xact = created_in_xact
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+    def info(self) -> WorkflowInfo:
+        info = self._try_info()
+        if info is None:
+            raise WorkflowNotFound(self._missing_reason())
+        return info
+
+    def status(self) -> str:
+        """'pending', 'running', 'succeeded', 'failed' or 'cancelled'."""
+        return self.info().status
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait until the run finishes and return its output, decoded to the workflow's return
+        annotation. Raises WorkflowFailed (with the original error's type, message and
+        traceback), WorkflowCancelled, or TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        local = self.app.executor.local(self.workflow_id)
+        if local is not None:  # executing in this process: no need to poll while it runs
+            try:
+                outcome = local.result(timeout)
+            except (futures.TimeoutError, futures.CancelledError):
+                outcome = None
+            if outcome is not None and outcome[0] == "succeeded":  # committed, and final
+                wf = self.app.registry.workflows.get(outcome[1])
+                if wf is not None:
+                    return wf.signature.decode_result(outcome[2])  # type: ignore[no-any-return]
+        delay = 0.002
+        while True:
+            info = self._try_info()
+            if info is None and not self._may_still_appear():
+                info = self._try_info()  # its transaction may have committed just now
+                if info is None:
+                    raise WorkflowNotFound(self._missing_reason())
+            if info is not None and info.status in TERMINAL:
+                return self._outcome(info)
+            if info is not None and self._owner_gone(info):
+                self.app.take_over(self.workflow_id)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                state = info.status if info else "not yet committed"
+                raise TimeoutError(
+                    f"workflow {self.workflow_id!r} did not finish within {timeout}s "
+                    f"(status: {state})"
+                )
+            wait = delay if remaining is None else min(delay, remaining)
+            local = self.app.executor.local(self.workflow_id)
+            if local is not None:
+                futures.wait([local], timeout=wait)  # wakes as soon as the local run ends
+            else:
+                time.sleep(wait)
+            delay = min(delay * 2, 0.25)
+
+    def _owner_gone(self, info: WorkflowInfo) -> bool:
+        """A running run whose owner's lease expired, which this App can continue: waiting
+        for it, we take it over (recovery is lease expiry, whoever notices it first)."""
+        return (info.status == "running" and info.lease_until is not None
+                and info.lease_until < datetime.now(UTC)
+                and info.name in self.app.registry.workflows)
+
+    def _outcome(self, info: WorkflowInfo) -> R:
+        if info.status == "succeeded":
+            wf = self.app.registry.workflows.get(info.name)
+            if wf is None:
+                return info.output  # type: ignore[no-any-return]
+            return wf.signature.decode_result(info.output)  # type: ignore[no-any-return]
+        if info.status == "cancelled":
+            raise WorkflowCancelled(f"workflow {self.workflow_id!r} was cancelled")
+        raise WorkflowFailed(self.workflow_id, info.error or {})
+
+    def _try_info(self) -> WorkflowInfo | None:
+        row = self.app.db.fetch_one("get_workflow", {"id": self.workflow_id})
+        return None if row is None else WorkflowInfo.model_validate(row)
+
+    def _creating_xact_status(self) -> str | None:
+        if self._created_in_xact is None:
+            return None
+        row = self.app.db.fetch_one("xact_status", {"xact_id": self._created_in_xact})
+        return None if row is None else row["status"]
+
+    def _may_still_appear(self) -> bool:
+        """True while the transaction that created the run is still open."""
+        return self._creating_xact_status() == "in progress"
+
+    def _missing_reason(self) -> str:
+        status = self._creating_xact_status()
+        if status == "in progress":
+            return (f"workflow {self.workflow_id!r} is not visible yet: the transaction that "
+                    "starts it has not committed")
+        if status is not None:
+            return (f"workflow {self.workflow_id!r} does not exist: the transaction (or "
+                    "savepoint) that started it rolled back")
+        return f"workflow {self.workflow_id!r} does not exist"

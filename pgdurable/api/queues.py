@@ -1,0 +1,202 @@
+"""Queues declared in code: their limits (stored in the database) and enqueueing."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgdurable.api.handles import WorkflowHandle
+from pgdurable.core.errors import InvalidArgument
+from pgdurable.store.database import jsonb, run_query
+
+if TYPE_CHECKING:
+    from pgdurable.api.app import App
+    from pgdurable.api.decorators import WorkflowFunction
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `limit` starts in any window of `per_seconds` seconds (exact sliding window)."""
+
+    limit: int
+    per_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise InvalidArgument(f"RateLimit limit must be an integer >= 1, not {self.limit!r}")
+        if not isinstance(self.per_seconds, int | float) or not math.isfinite(self.per_seconds) \
+                or self.per_seconds <= 0:
+            raise InvalidArgument(f"RateLimit per_seconds must be > 0, not {self.per_seconds!r}")
+
+
+def _positive(name: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"{name} must be an integer >= 1 or None, not {value!r}")
+    return value
+
+
+def _check_priority(priority: int) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidArgument(f"priority must be an integer, not {priority!r}")
+
+
+def _check_key(name: str, key: str | None) -> None:
+    if key is not None and (not isinstance(key, str) or not key):
+        raise InvalidArgument(f"{name} must be a non-empty string or None, not {key!r}")
+
+
+def _seconds(name: str, value: float | timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgument(f"{name} must be >= 0 seconds, not {value!r}")
+    return float(seconds)
+
+
+class Queue:
+    """A named queue with flow-control limits, declared with `app.queue(...)`.
+
+    The limits are written to `pgdurable.queues` when the App first connects (and again on
+    each deploy), so every worker and the SQL claim function enforce the same ones.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
+        partition_concurrency: int | None = None,
+        max_recoveries: int | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument(f"a queue needs a non-empty name, not {name!r}")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise InvalidArgument("rate_limit must be a pgdurable.RateLimit(n, per_seconds=s)")
+        self.app = app
+        self.name = name
+        self.concurrency = _positive("concurrency", concurrency)
+        self.worker_concurrency = _positive("worker_concurrency", worker_concurrency)
+        self.rate_limit = rate_limit
+        self.partition_concurrency = _positive("partition_concurrency", partition_concurrency)
+        # None leaves the stored budget alone (10 for a new queue, or what SQL set).
+        self.max_recoveries = _positive("max_recoveries", max_recoveries)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r})"
+
+    def declare(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Write this queue's limits to the database (done automatically on connect)."""
+        calls = [("declare_queue", self._limits())]
+        if self.max_recoveries is not None:
+            calls.append(("declare_queue_recoveries",
+                          {"name": self.name, "max_recoveries": self.max_recoveries}))
+        for name, params in calls:
+            if conn is not None:  # while the App connects (app.db is not there yet)
+                run_query(conn, name, params)
+            else:  # pooled, retried through a lost connection
+                self.app.db.fetch_one(name, params)
+
+    def _limits(self) -> dict[str, Any]:
+        return (
+            {"name": self.name, "concurrency": self.concurrency,
+             "worker_concurrency": self.worker_concurrency,
+             "rate_limit": self.rate_limit.limit if self.rate_limit else None,
+             "rate_period_seconds": self.rate_limit.per_seconds if self.rate_limit else None,
+             "partition_concurrency": self.partition_concurrency}
+        )
+
+    def enqueue(
+        self,
+        fn: WorkflowFunction[Any, R] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        priority: int = 0,
+        delay: float | timedelta = 0.0,
+        dedup_key: str | None = None,
+        partition_key: str | None = None,
+        deadline: datetime | None = None,
+        max_attempts: int | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]:
+        """Queue a run for a worker and return its handle.
+
+        `priority`: lower runs first (FIFO within a priority). `delay`: seconds (or timedelta)
+        before it may start. `dedup_key`: while a run with this key is pending or running in
+        this queue, enqueueing again returns that run. `partition_key`: runs sharing it count
+        against `partition_concurrency`. `deadline`: if it has not started by then it is
+        cancelled. `max_attempts`: executions allowed when it fails (default: the workflow's).
+        With `conn`, the run is written in the caller's transaction (gone on rollback).
+        """
+        wf = self.app.resolve(fn)
+        inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
+        _check_priority(priority)
+        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+            raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
+        _check_key("dedup_key", dedup_key)
+        _check_key("partition_key", partition_key)
+        row = self.app.db.fetch_one(
+            "enqueue",
+            # The id is chosen here, so a retried call after a lost connection is idempotent.
+            {"queue": self.name, "name": wf.name, "inputs": jsonb(inputs),
+             "id": workflow_id or str(uuid.uuid4()),
+             "priority": priority, "delay_seconds": _seconds("delay", delay),
+             "dedup_key": dedup_key, "partition_key": partition_key, "deadline": deadline,
+             "max_attempts": _positive("max_attempts", max_attempts) or wf.max_attempts,
+             "retry_backoff": wf.retry_backoff},
+            conn=conn,
+        )
+        assert row is not None
+        return WorkflowHandle(self.app, row["id"])
+
+    def enqueue_many(
+        self,
+        fn: WorkflowFunction[Any, R] | str,
+        args_list: Iterable[Sequence[Any]],
+        *,
+        priority: int = 0,
+        delay: float | timedelta = 0.0,
+        partition_key: str | None = None,
+        deadline: datetime | None = None,
+        max_attempts: int | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[WorkflowHandle[R]]:
+        """Queue one run per item of `args_list` (each a sequence of positional arguments) in
+        one round trip. Every item is validated before anything is written."""
+        wf = self.app.resolve(fn)
+        _check_priority(priority)
+        _check_key("partition_key", partition_key)
+        encode = wf.signature.encode_args
+        # The ids are chosen here, so a retried call after a lost connection is idempotent.
+        runs = []
+        for index, item in enumerate(args_list):
+            if isinstance(item, str | bytes) or not isinstance(item, Sequence):
+                raise InvalidArgument(
+                    f"enqueue_many item {index} must be a tuple or list of positional "
+                    f"arguments, not {type(item).__name__}"
+                )
+            runs.append((str(uuid.uuid4()), encode(tuple(item), {})))
+        # One JSON document for the whole batch: encoded in one call, sent as one parameter.
+        self.app.db.fetch_one(
+            "enqueue_many",
+            {"queue": self.name, "name": wf.name, "runs": Jsonb(runs),
+             "priority": priority, "delay_seconds": _seconds("delay", delay),
+             "partition_key": partition_key, "deadline": deadline,
+             "max_attempts": _positive("max_attempts", max_attempts) or wf.max_attempts,
+             "retry_backoff": wf.retry_backoff},
+            conn=conn,
+        )
+        return [WorkflowHandle(self.app, run_id) for run_id, _ in runs]

@@ -1,0 +1,1 @@
+"""Core: pure building blocks (errors, serialisation, cron, definitions). No psycopg, no I/O."""

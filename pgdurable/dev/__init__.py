@@ -1,0 +1,1 @@
+"""Development support: where the database is (DSN resolution) and the embedded server."""

@@ -1,0 +1,62 @@
+"""The running workflow's context: its id, fencing epoch, recorded steps and step counter.
+
+Held in a context variable, so a step called anywhere inside a workflow finds its run without
+a global singleton, and a step called outside any workflow runs as a plain function.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pgdurable.api.app import App
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    step_no: int
+    name: str
+    status: str  # 'started' (at-most-once intent), 'done' or 'failed'
+    output: Any
+    error: dict[str, Any] | None
+
+
+@dataclass
+class WorkflowContext:
+    app: App
+    workflow_id: str
+    epoch: int
+    recorded: dict[int, RecordedStep] = field(default_factory=dict)
+    next_step_no: int = 0
+    in_step: bool = False  # steps called from inside a step run as plain functions
+    suspendable: bool = False  # a worker's run: long sleeps give the run back to its queue
+
+    def take_step_no(self) -> int:
+        """Steps are numbered by call order: the same code replays the same numbers."""
+        step_no = self.next_step_no
+        self.next_step_no += 1
+        return step_no
+
+
+_current: ContextVar[WorkflowContext | None] = ContextVar("pgdurable_workflow", default=None)
+
+
+def current() -> WorkflowContext | None:
+    """The context of the workflow running in this thread/task, if any."""
+    return _current.get()
+
+
+def workflow_id() -> str | None:
+    """The id of the workflow running here, or None outside a workflow."""
+    ctx = _current.get()
+    return ctx.workflow_id if ctx else None
+
+
+def activate(ctx: WorkflowContext | None) -> Any:
+    return _current.set(ctx)
+
+
+def deactivate(token: Any) -> None:
+    _current.reset(token)

@@ -1,0 +1,219 @@
+"""Executing one step of a running workflow: replay, retries, checkpoint.
+
+The floor is one commit per step: the recorded steps of a run are loaded once when its
+execution starts, so replaying a step costs nothing. A new plain step's checkpoint goes through
+the App's group commit (completions.py), which writes the checkpoints of concurrent executions
+with one round trip and one commit; the step returns once it is durable. A transaction step
+checkpoints with one `record_step` call inside the user's own transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgdurable.core.errors import NonDeterminismError, PgDurableError, StepOutcomeUnknown
+from pgdurable.core.serde import as_stored, error_record, rebuild_exception
+from pgdurable.runtime.context import RecordedStep, WorkflowContext
+from pgdurable.store.completions import StepRecord
+from pgdurable.store.database import jsonb
+
+if TYPE_CHECKING:
+    from pgdurable.api.app import App
+    from pgdurable.api.decorators import RetryPolicy, StepFunction, TransactionFunction
+
+log = logging.getLogger("pgdurable.steps")
+
+
+class _RecordedElsewhere(Exception):
+    """Rolls back a transaction step whose position another execution already recorded."""
+
+    def __init__(self, recorded: RecordedStep) -> None:
+        self.recorded = recorded
+
+
+def run_step(ctx: WorkflowContext, step: StepFunction[Any, Any], body: Callable[[], Any]) -> Any:
+    step_no = ctx.take_step_no()
+    recorded = recorded_step(ctx, step_no, step.name)
+    if recorded is not None:
+        return _outcome(recorded, step)
+    if step.at_most_once:
+        row = ctx.app.db.fetch_one(
+            "begin_step",
+            {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "name": step.name},
+        )
+        assert row is not None
+        if not row["is_new"]:
+            recorded = RecordedStep(step_no, step.name, row["status"], row["output"], row["error"])
+            return _outcome(recorded, step)
+
+    try:
+        value = _with_retries(ctx, step.policy, step.name, step_no, lambda: _in_step(ctx, body))
+    except _RecordedElsewhere as elsewhere:
+        return _outcome(elsewhere.recorded, step)
+    output = step.signature.encode_result(value)
+    recorded, _ = _record(ctx, step_no, step.name, "done", output, None)
+    return _outcome(recorded, step)
+
+
+def run_transaction(
+    ctx: WorkflowContext,
+    step: TransactionFunction[Any, Any],
+    body: Callable[[psycopg.Connection[Any]], Any],
+) -> Any:
+    step_no = ctx.take_step_no()
+    recorded = recorded_step(ctx, step_no, step.name)
+    if recorded is not None:
+        return _outcome(recorded, step)
+
+    def attempt(timeout: float) -> RecordedStep:
+        # The user's writes and the checkpoint commit together, or not at all.
+        try:
+            with ctx.app.db.connection(timeout) as conn, conn.transaction():
+                output = step.signature.encode_result(_in_step(ctx, lambda: body(conn)))
+                result, inserted = _record(ctx, step_no, step.name, "done", output, None, conn=conn)
+                if not inserted:
+                    raise _RecordedElsewhere(result)
+                return result
+        except _RecordedElsewhere as elsewhere:
+            return elsewhere.recorded
+
+    def until_committed() -> RecordedStep:
+        return _redo_rolled_back_transactions(ctx, step_no, step.name, attempt)
+
+    try:
+        result = _with_retries(ctx, step.policy, step.name, step_no, until_committed)
+    except _RecordedElsewhere as elsewhere:
+        result = elsewhere.recorded
+    return _outcome(result, step)
+
+
+def _redo_rolled_back_transactions(
+    ctx: WorkflowContext, step_no: int, name: str, attempt: Callable[[float], RecordedStep]
+) -> RecordedStep:
+    """Run a transaction step's attempt again when the database, not the user's code, ended
+    its transaction: the connection was lost (server restart, killed backend) or the server
+    rolled it back (serialization failure, deadlock). None of these is the step's outcome, so
+    the retries do not count against the step's retry policy; they share the backoff and budget
+    of every pooled call (then DatabaseUnavailable, recording nothing). A connection lost during
+    COMMIT leaves the outcome unknown, so every new attempt first looks for a recorded outcome;
+    the checkpoint in the same transaction makes the user's writes exactly-once either way."""
+    first = True
+
+    def once(timeout: float) -> RecordedStep:
+        nonlocal first
+        if not first:
+            recorded = _recorded_now(ctx, step_no, name)
+            if recorded is not None:
+                return recorded
+        first = False
+        return attempt(timeout)
+
+    return ctx.app.db.retrying(f"transaction step {name} of {ctx.workflow_id}", once)
+
+
+def _recorded_now(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
+    """The step's outcome as the database has it now (fenced: raises if taken over)."""
+    ctx.recorded.update(load_recorded(ctx.app, ctx.workflow_id, ctx.epoch))
+    return recorded_step(ctx, step_no, name)
+
+
+def load_recorded(app: App, workflow_id: str, epoch: int) -> dict[int, RecordedStep]:
+    """A run's recorded steps by position (fenced: raises if the epoch is stale)."""
+    rows = app.db.fetch_all("load_steps", {"id": workflow_id, "epoch": epoch})
+    return {r["step_no"]: RecordedStep(r["step_no"], r["name"], r["status"], r["output"],
+                                       r["error"]) for r in rows}
+
+
+def recorded_step(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
+    """The outcome recorded at `step_no`, if any; NonDeterminismError if another step is."""
+    recorded = ctx.recorded.get(step_no)
+    if recorded is not None and recorded.name != name:
+        raise NonDeterminismError(
+            f"workflow {ctx.workflow_id!r} step {step_no} was recorded as {recorded.name!r} "
+            f"but the code now calls {name!r}: steps must be called in the same order on replay"
+        )
+    return recorded
+
+
+def _in_step(ctx: WorkflowContext, body: Callable[[], Any]) -> Any:
+    ctx.in_step = True
+    try:
+        return body()
+    finally:
+        ctx.in_step = False
+
+
+def _with_retries(
+    ctx: WorkflowContext, policy: RetryPolicy, name: str, step_no: int, body: Callable[[], Any]
+) -> Any:
+    """Run `body`, retrying per the policy. After the last attempt the failure is recorded
+    (so replay raises it again without re-running) and the original exception propagates."""
+    retry = 0
+    while True:
+        try:
+            return body()
+        except Exception as exc:
+            retry += 1
+            delay = policy.delay_before(retry) if policy.retries_on(exc) else None
+            if delay is None:
+                # pgdurable's own errors (fencing, serialisation, ...) are not step outcomes.
+                if not isinstance(exc, PgDurableError):
+                    recorded, inserted = _record(
+                        ctx, step_no, name, "failed", None, error_record(exc))
+                    if not inserted:  # an earlier attempt's outcome is on record: it counts
+                        raise _RecordedElsewhere(recorded) from exc
+                raise
+            log.info("step %s of %s failed (%s), retry %d in %.2fs",
+                     name, ctx.workflow_id, type(exc).__name__, retry, delay)
+            time.sleep(delay)
+
+
+def _record(
+    ctx: WorkflowContext,
+    step_no: int,
+    name: str,
+    status: str,
+    output: Any,
+    error: dict[str, Any] | None,
+    *,
+    conn: psycopg.Connection[Any] | None = None,
+) -> tuple[RecordedStep, bool]:
+    """Checkpoint a step outcome now (on `conn`, inside its transaction, if given; else through
+    the group commit). Returns the outcome now on record (ours, or an earlier writer's) and
+    whether ours was the one inserted."""
+    if conn is None:
+        written = ctx.app.completions.record(
+            StepRecord(ctx.workflow_id, ctx.epoch, step_no, name, status, output, error))
+        recorded = (RecordedStep(step_no, name, status, as_stored(output), as_stored(error))
+                    if written.inserted else
+                    RecordedStep(step_no, name, written.status, written.output, written.error))
+        ctx.recorded[step_no] = recorded
+        return recorded, written.inserted
+    row = ctx.app.db.fetch_one(
+        "record_step",
+        {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "name": name,
+         "status": status, "output": jsonb(output), "error": jsonb(error)},
+        conn=conn,
+    )
+    assert row is not None
+    recorded = RecordedStep(step_no, name, row["status"], row["output"], row["error"])
+    ctx.recorded[step_no] = recorded
+    return recorded, bool(row["inserted"])
+
+
+def _outcome(recorded: RecordedStep, step: StepFunction[Any, Any] | TransactionFunction[Any, Any]
+             ) -> Any:
+    """What the workflow sees for a recorded step: the decoded output, or the recorded error."""
+    if recorded.status == "done":
+        return step.signature.decode_result(recorded.output)
+    if recorded.status == "started":
+        raise StepOutcomeUnknown(
+            f"at-most-once step {step.name!r} (position {recorded.step_no}) began in an earlier "
+            "execution that stopped before it finished; it is not run again"
+        )
+    raise rebuild_exception(recorded.error or {})
