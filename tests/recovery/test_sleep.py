@@ -13,9 +13,9 @@ import pytest
 from psycopg.types.json import Jsonb
 
 import pgdurable
+from pgdurable import Worker
 from pgdurable.errors import InvalidArgument
 from pgdurable.runtime import sleeping
-from pgdurable.runtime.worker import Worker
 
 from .helpers import NO_INPUTS, call, wait_until, workflow
 
