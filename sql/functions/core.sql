@@ -16,9 +16,9 @@ $$;
 
 comment on function pgdurable.now() is
 $$The one clock. Returns the setting `pgdurable.now` when it is set and non-empty, else
-`clock_timestamp()`. `set pgdurable.now = '2030-01-01 00:00+00'` moves time for the session,
-`set local` for the transaction, `reset pgdurable.now` restores the wall clock. Every timestamp
-and lease comparison in the schema goes through it, and so do the tables' column defaults (so
+`clock_timestamp()`. `set pgdurable.now = '2030-01-01 00:00+00'` moves time for the session, `set
+local` for the transaction, `reset pgdurable.now` restores the wall clock. Every timestamp and
+lease comparison in the schema goes through it, and so do the tables' column defaults (so
 migration 0001 creates it before the tables). Errors: none of its own (a setting that is not a
 timestamp is PostgreSQL's invalid datetime error, SQLSTATE 22007).$$;
 
@@ -30,8 +30,8 @@ end
 $$;
 
 comment on function pgdurable.raise_error(text, text, text) is
-$$Internal helper. Raises `message` with SQLSTATE `code` (one of PD001-PD007, see the table at
-the top of the SQL reference) and `hint` (empty when null). Every domain error of the schema is
+$$Internal helper. Raises `message` with SQLSTATE `code` (one of PD001-PD007, see the table at the
+top of the SQL reference) and `hint` (empty when null). Every domain error of the schema is
 raised through it.$$;
 
 create or replace function pgdurable.check_lease(p_lease_seconds double precision) returns void
@@ -46,8 +46,8 @@ $$;
 
 comment on function pgdurable.check_lease(double precision) is
 $$Internal helper. Checks a lease length: PD006 (`lease_seconds must be > 0, not 0`) unless
-`p_lease_seconds` is > 0 and finite: 0 or less would grant an expired lease, null or infinity
-an endless one.$$;
+`p_lease_seconds` is > 0 and finite: 0 or less would grant an expired lease, null or infinity an
+endless one.$$;
 
 create or replace function pgdurable.check_epoch(p_id text, p_epoch integer) returns void
 language plpgsql as $$
@@ -70,8 +70,8 @@ end
 $$;
 
 comment on function pgdurable.check_epoch(text, integer) is
-$$The fencing check every write of an execution makes first. Reads run `p_id` `FOR SHARE`: PD004
-if it does not exist; PD001 (hint: another worker took this run over) unless `p_epoch` equals
-its `attempt` and its status is `running`. The share lock makes a concurrent takeover (an
-`UPDATE` of the row) wait until the caller's transaction ends, so a stale execution can never
-slip a write in beside its successor.$$;
+$$The fencing check every write of an execution makes first. Reads run `p_id` `FOR SHARE`: PD004 if
+it does not exist; PD001 (hint: another worker took this run over) unless `p_epoch` equals its
+`attempt` and its status is `running`. The share lock makes a concurrent takeover (an `UPDATE` of
+the row) wait until the caller's transaction ends, so a stale execution can never slip a write in
+beside its successor.$$;

@@ -60,10 +60,10 @@ comment on function pgdurable.declare_queue(text, integer, integer, integer, dou
 $$Creates queue `p_name` or updates its limits (null = unlimited): `p_concurrency` running runs
 across all workers, `p_worker_concurrency` per worker, at most `p_rate_limit` starts in any
 window of `p_rate_period_seconds` (both or neither), `p_partition_concurrency` running runs per
-partition key. `paused` and `max_recoveries` are left as they are (a redeploy does not un-pause
-a queue an operator paused), and an unchanged queue is not written. `App` calls it for every
-`app.queue(...)` when it connects. Errors: PD006 for an empty name, a limit < 1, a period <= 0
-or infinite, or a rate limit without its period (or the reverse). Locks: the queue's row.$$;
+partition key. `paused` and `max_recoveries` are left as they are (a redeploy does not un-pause a
+queue an operator paused), and an unchanged queue is not written. `App` calls it for every
+`app.queue(...)` when it connects. Errors: PD006 for an empty name, a limit < 1, a period <= 0 or
+infinite, or a rate limit without its period (or the reverse). Locks: the queue's row.$$;
 
 create or replace function pgdurable.set_queue_paused(p_name text, p_paused boolean) returns boolean
 language plpgsql as $$
@@ -166,11 +166,11 @@ inputs `p_inputs` (`{"args": [...], "kwargs": {...}}`), id `p_id` (a UUID when n
 `p_priority` (lower is claimed first), available after `p_delay_seconds`, with `p_dedup_key`,
 `p_partition_key`, `p_deadline` (cancelled if not started by then), `p_max_attempts` and
 `p_retry_backoff`, and its `ready` row. Sends `NOTIFY pgdurable, '<queue>'` when there is no
-delay. If the id exists, or a `pending` / `running` run of this queue has the same
-`p_dedup_key`, that run's id is returned and nothing is written (PD002 if it belongs to another
-workflow name). Errors: PD007 (unknown queue), PD006 (empty name, negative delay,
-`max_attempts` < 1, negative `retry_backoff`, `p_inputs` not a JSON object), PD002. Run in the
-caller's transaction, the run and the notification appear at commit.$$;
+delay. If the id exists, or a `pending` / `running` run of this queue has the same `p_dedup_key`,
+that run's id is returned and nothing is written (PD002 if it belongs to another workflow name).
+Errors: PD007 (unknown queue), PD006 (empty name, negative delay, `max_attempts` < 1, negative
+`retry_backoff`, `p_inputs` not a JSON object), PD002. Run in the caller's transaction, the run
+and the notification appear at commit.$$;
 
 create or replace function pgdurable.enqueue_many(
     p_queue text,
@@ -237,10 +237,11 @@ $$;
 comment on function pgdurable.enqueue_many(text, text, jsonb[], text[], integer, double precision,
     text, timestamptz, integer, double precision) is
 $$Enqueues one run of workflow `p_name` on queue `p_queue` per element of `p_inputs`, in one
-statement, with one notification (none with a delay); the other arguments are `enqueue`'s.
-`p_ids` is null (ids are generated) or has one id per input (PD006 otherwise). Returns the ids in
-input order; an id that already exists is returned without writing. Errors: as `enqueue`; PD002
-when an id in `p_ids` belongs to another workflow name.$$;
+statement, with one notification (none with a delay). `p_priority`, `p_delay_seconds`,
+`p_partition_key`, `p_deadline`, `p_max_attempts` and `p_retry_backoff` apply to every run, as in
+`enqueue`. `p_ids` is null (ids are generated) or has one id per input (PD006 otherwise). Returns
+the ids in input order; an id that already exists is returned without writing. Errors: as
+`enqueue`; PD002 when an id in `p_ids` belongs to another workflow name.$$;
 
 create or replace function pgdurable.enqueue_runs(
     p_queue text,
@@ -311,14 +312,16 @@ $$;
 
 comment on function pgdurable.enqueue_runs(text, text, jsonb, integer, double precision, text,
     timestamptz, integer, double precision) is
-$$What `Queue.enqueue_many` sends: like `enqueue_many`, but the runs come as one JSON array
-`p_runs` of `[id, inputs]` pairs (`[["id-1", {"args": [1], "kwargs": {}}], ...]`), which a client
-encodes in one call and sends as one parameter. Ids are required strings (the client chooses
-them, so a retried call is idempotent). Writes the runs in array order with their `ready` rows
-and one notification (none with a delay); an id that already exists is left as it is. Returns
-how many runs it wrote. Errors: as `enqueue_many`, plus PD006 when `p_runs` is not an array or
-an id is not a string, and PD002 when an existing id belongs to another workflow name (checked
-only when some id existed).$$;
+$$Enqueues runs of workflow `p_name` on queue `p_queue` like `enqueue_many` (`p_priority`,
+`p_delay_seconds`, `p_partition_key`, `p_deadline`, `p_max_attempts` and `p_retry_backoff` apply
+to every run), but the runs come as one JSON array `p_runs` of `[id, inputs]` pairs (`[["id-1",
+{"args": [1], "kwargs": {}}], ...]`), which a client encodes in one call and sends as one
+parameter: what `Queue.enqueue_many` sends. Ids are required strings (the client chooses them, so
+a retried call is idempotent). Writes the runs in array order with their `ready` rows and one
+notification (none with a delay); an id that already exists is left as it is. Returns how many
+runs it wrote. Errors: as `enqueue_many`, plus PD006 when `p_runs` is not an array or an id is
+not a string, and PD002 when an existing id belongs to another workflow name (checked only when
+some id existed).$$;
 
 create or replace function pgdurable.claim(
     p_worker text, p_queues text[], p_max integer, p_lease_seconds double precision,
@@ -536,19 +539,18 @@ worker `p_worker`: each becomes `running` with epoch + 1, owner `p_worker` and a
 `p_lease_seconds`, and leaves `ready`. Per queue, in name order: paused queues are skipped;
 `concurrency`, `worker_concurrency`, the rate limit and `partition_concurrency` bound how many
 are taken; candidates are taken in `priority`, `available_at`, `seq` order among those with
-`available_at <= now()`. A run whose `deadline` passed before its first start is cancelled
-(error type `DeadlineExceeded`) instead. `has_steps` tells whether the run has recorded steps to
-load. Returns nothing when `p_max` < 1. Errors: PD006 (lease). Locks: the `queues` row `FOR
-UPDATE` when the queue has any limit (serialises claimers of a limited queue); candidate
-`ready` rows `FOR UPDATE SKIP LOCKED`; the claimed `workflows` rows. A queue without
-`partition_concurrency` is claimed set-based (one statement locks the first candidates, `LIMIT`
-the free slots, deletes their `ready` rows and updates their runs, repeated only if some turned
-out stale or past their deadline); a partitioned queue run by run, since each claim changes the
-count the next candidate is checked against. Runs with `enable_sort` and `enable_bitmapscan`
-off (the plan follows the `ready_claim` index), a forced generic plan with `enable_seqscan`,
-`enable_hashjoin` and `enable_mergejoin` off (claimed rows are reached through their primary
-keys), and `jit` off (before PostgreSQL 18 the disabled plan types' cost would make every call
-JIT-compile).$$;
+`available_at <= now()`. A run whose `deadline` passed before its first start is cancelled (error
+type `DeadlineExceeded`) instead. `has_steps` tells whether the run has recorded steps to load.
+Returns nothing when `p_max` < 1. Errors: PD006 (lease). Locks: the `queues` row `FOR UPDATE`
+when the queue has any limit (serialises claimers of a limited queue); candidate `ready` rows
+`FOR UPDATE SKIP LOCKED`; the claimed `workflows` rows. A queue without `partition_concurrency`
+is claimed set-based (one statement locks the first candidates, `LIMIT` the free slots, deletes
+their `ready` rows and updates their runs, repeated only if some turned out stale or past their
+deadline); a partitioned queue run by run, since each claim changes the count the next candidate
+is checked against. Runs with `enable_sort` and `enable_bitmapscan` off (the plan follows the
+`ready_claim` index), a forced generic plan with `enable_seqscan`, `enable_hashjoin` and
+`enable_mergejoin` off (claimed rows are reached through their primary keys), and `jit` off
+(before PostgreSQL 18 the disabled plan types' cost would make every call JIT-compile).$$;
 
 create or replace function pgdurable.requeue(p_id text) returns text
 language plpgsql as $$
@@ -648,6 +650,6 @@ language sql as $$
 $$;
 
 comment on function pgdurable.notify_queue(text) is
-$$Internal helper: `pg_notify('pgdurable', p_queue)`, delivered at commit. Identical
-notifications of one transaction are delivered once, so a transaction that enqueues many runs
-into one queue wakes its workers once.$$;
+$$Internal helper: `pg_notify('pgdurable', p_queue)`, delivered at commit. Identical notifications
+of one transaction are delivered once, so a transaction that enqueues many runs into one queue
+wakes its workers once.$$;

@@ -58,11 +58,11 @@ $$Handles up to `p_limit` runs of `p_queues` (null: every queue) that are `runni
 below the queue's `max_recoveries` (10 for a queue missing from `queues`), the run goes back to
 `pending`, available at once, owner and lease cleared, with a `ready` row (`requeued`); the next
 claim gives it a new epoch. Otherwise it ends `failed` with `finished_at` set and `error =
-{"type": "RecoveryLimitExceeded", "message": "the run lost its worker N times (lease expired);
-it is not recovered again", "traceback": ""}` (`dead_lettered`). The epoch is not changed; the
-old execution is fenced because the run is no longer `running`. Sends no notification. Errors:
-none of its own. Locks: the runs `FOR UPDATE SKIP LOCKED` (a run whose step write, heartbeat or
-finish is in flight is left for the next call).$$;
+{"type": "RecoveryLimitExceeded", "message": "the run lost its worker N times (lease expired); it
+is not recovered again", "traceback": ""}` (`dead_lettered`). The epoch is not changed; the old
+execution is fenced because the run is no longer `running`. Sends no notification. Errors: none
+of its own. Locks: the runs `FOR UPDATE SKIP LOCKED` (a run whose step write, heartbeat or finish
+is in flight is left for the next call).$$;
 
 create or replace function pgdurable.requeue_expired(p_queues text[], p_limit integer)
 returns integer language sql as $$
@@ -74,7 +74,8 @@ $$`expire_leases(p_queues, p_limit)`, returning `requeued + dead_lettered`: the 
 handled, whether put back on their queue or ended by the recovery budget. Workers call it for
 their queues once per heartbeat period, with a limit of 100. Errors: none of its own.$$;
 
-create or replace function pgdurable.wake_due(p_since timestamptz, p_until timestamptz) returns integer
+create or replace function pgdurable.wake_due(p_since timestamptz, p_until timestamptz)
+returns integer
 language plpgsql as $$
 declare
     v_count integer;
@@ -134,8 +135,8 @@ $$Retention: deletes up to `p_limit` runs that are `succeeded`, `failed` or `can
 `finished_at` is more than `p_older_than_seconds` ago, oldest first; their steps go with them
 (`on delete cascade`). Returns how many runs it deleted. A deleted run's id can be used again.
 Errors: PD006 unless `p_older_than_seconds` is > 0 and finite (`retention must be > 0 seconds,
-not 0`). Locks: the runs `FOR UPDATE SKIP LOCKED`. Finding them scans the finished runs (there
-is no index on `finished_at`).$$;
+not 0`). Locks: the runs `FOR UPDATE SKIP LOCKED`. Finding them scans the finished runs (there is
+no index on `finished_at`).$$;
 
 create or replace function pgdurable.recover_sweep(
     p_limit integer, p_retention_seconds double precision)
@@ -169,14 +170,14 @@ $$;
 
 comment on function pgdurable.recover_sweep(integer, double precision) is
 $$One recovery sweep, in one transaction: lock the row of `pgdurable.sweeps` (a concurrent sweep
-waits), `expire_leases(null, p_limit)`, then read the clock and record that time as this
-sweep's, `wake_due(<previous sweep's time>, <this sweep's time>)` (a minute back on the first
-sweep), `fire_due_ticks(p_limit)`, `purge(p_retention_seconds, p_limit)`. Returns
-`{"requeued": n, "dead_lettered": n, "woken_queues": n, "scheduled": n, "schedule_errors": n,
-"purged": n}`; a schedule that cannot fire is counted in `schedule_errors` and does not stop the
-sweep. Safe to run from several sessions at once. Errors: PD006 (`limit must be >= 1`) when
-`p_limit` is null or < 1; PD006 from `purge` for a bad retention (raised after the other parts
-ran; the transaction rolls back whole).$$;
+waits), `expire_leases(null, p_limit)`, then read the clock and record that time as this sweep's,
+`wake_due(<previous sweep's time>, <this sweep's time>)` (a minute back on the first sweep),
+`fire_due_ticks(p_limit)`, `purge(p_retention_seconds, p_limit)`. Returns `{"requeued": n,
+"dead_lettered": n, "woken_queues": n, "scheduled": n, "schedule_errors": n, "purged": n}`; a
+schedule that cannot fire is counted in `schedule_errors` and does not stop the sweep. Safe to
+run from several sessions at once. Errors: PD006 (`limit must be >= 1`) when `p_limit` is null or
+< 1; PD006 from `purge` for a bad retention (raised after the other parts ran; the transaction
+rolls back whole).$$;
 
 create or replace function pgdurable.declare_queue_recoveries(p_name text, p_max integer)
 returns void language plpgsql as $$

@@ -53,13 +53,12 @@ $$;
 comment on function pgdurable.start_workflow(text, text, jsonb, text, double precision) is
 $$Starts run `p_id` of workflow `p_name` that the caller executes itself (`app.start`). Creates it
 `running` at epoch 1 with inputs `p_inputs`, owned by `p_owner` with a lease of
-`p_lease_seconds`, and returns it with `started = true`. If the id exists: PD002 if it belongs
-to another workflow name; otherwise `acquire` is tried (a `pending` run, or a `running` one
-whose lease expired, is taken over with `started = true`); otherwise the existing run is
-returned with `started = false` (its stored inputs, not `p_inputs`). `xact_id` is
-`pg_current_xact_id()` of the calling transaction, for `pg_xact_status()`. Errors: PD006
-(lease), PD002. Locks: the inserted row; a concurrent insert of the same id waits for the first
-transaction to end.$$;
+`p_lease_seconds`, and returns it with `started = true`. If the id exists: PD002 if it belongs to
+another workflow name; otherwise `acquire` is tried (a `pending` run, or a `running` one whose
+lease expired, is taken over with `started = true`); otherwise the existing run is returned with
+`started = false` (its stored inputs, not `p_inputs`). `xact_id` is `pg_current_xact_id()` of the
+calling transaction, for `pg_xact_status()`. Errors: PD006 (lease), PD002. Locks: the inserted
+row; a concurrent insert of the same id waits for the first transaction to end.$$;
 
 create or replace function pgdurable.acquire(
     p_id text, p_owner text, p_lease_seconds double precision)
@@ -86,13 +85,14 @@ end
 $$;
 
 comment on function pgdurable.acquire(text, text, double precision) is
-$$Takes run `p_id` over for `p_owner`: if it is `pending`, or `running` with `lease_until <
-now()`, it becomes `running` with epoch + 1, owner `p_owner` and a lease of `p_lease_seconds`
+$$Takes run `p_id` over for `p_owner`: if it is `pending`, or `running` with `lease_until < now()`,
+it becomes `running` with epoch + 1, owner `p_owner` and a lease of `p_lease_seconds`
 (`started_at` set if unset), its `ready` row is deleted, and it is returned. Otherwise returns no
-row (terminal, unknown, or another owner's lease is live). Errors: PD006 (lease). Locks:
-`UPDATE` of the run's row (waits for `check_epoch` share locks).$$;
+row (terminal, unknown, or another owner's lease is live). Errors: PD006 (lease). Locks: `UPDATE`
+of the run's row (waits for `check_epoch` share locks).$$;
 
-create or replace function pgdurable.resume(p_id text, p_owner text, p_lease_seconds double precision)
+create or replace function pgdurable.resume(
+    p_id text, p_owner text, p_lease_seconds double precision)
 returns table (id text, name text, status text, epoch integer, inputs jsonb)
 language plpgsql as $$
 #variable_conflict use_column
@@ -119,11 +119,12 @@ comment on function pgdurable.resume(text, text, double precision) is
 $$Operator resume in the calling process (`app.resume`). Locks run `p_id` `FOR UPDATE`; a `failed`
 or `cancelled` run is set `pending` with its error and `finished_at` cleared and the failed step
 that ended it forgotten (`forget_ending_failure`); then `acquire(p_id, p_owner,
-p_lease_seconds)`. A live lease is respected and a `succeeded` run left alone (no row).
-Recorded steps are kept: the run continues from its checkpoints. Errors: PD006 (lease), PD004
-(no such run).$$;
+p_lease_seconds)`. A live lease is respected and a `succeeded` run left alone (no row). Recorded
+steps are kept: the run continues from its checkpoints. Errors: PD006 (lease), PD004 (no such
+run).$$;
 
-create or replace function pgdurable.heartbeat(p_owner text, p_ids text[], p_lease_seconds double precision)
+create or replace function pgdurable.heartbeat(
+    p_owner text, p_ids text[], p_lease_seconds double precision)
 returns integer language plpgsql as $$
 declare
     v_count integer;
@@ -195,15 +196,15 @@ end
 $$;
 
 comment on function pgdurable.finish_workflow(text, integer, text, jsonb, jsonb) is
-$$Ends the execution of run `p_id` at epoch `p_epoch`. `p_status` is `succeeded` (with
-`p_output`) or `failed` (with `p_error`), else PD006. `succeeded`: one `UPDATE ... where attempt
-= p_epoch and status = 'running'` sets the output, clears error, owner and lease and sets
-`finished_at`; if no row matched, `check_epoch` raises the precise error. `failed`:
-`check_epoch`; if `failures + 1 < max_attempts`, the run goes back to `pending` with `error`
-set, `failures + 1`, `available_at = now() + least(retry_backoff * 2^failures, 3600 s)`, the
-failed step that ended it forgotten, a `ready` row, and a notification when the delay is 0;
-otherwise it ends `failed` with `error` and `finished_at` (the dead letter state). Errors:
-PD006, PD001 (stale epoch, or not running), PD004 (no such run).$$;
+$$Ends the execution of run `p_id` at epoch `p_epoch`. `p_status` is `succeeded` (with `p_output`)
+or `failed` (with `p_error`), else PD006. `succeeded`: one `UPDATE ... where attempt = p_epoch
+and status = 'running'` sets the output, clears error, owner and lease and sets `finished_at`; if
+no row matched, `check_epoch` raises the precise error. `failed`: `check_epoch`; if `failures + 1
+< max_attempts`, the run goes back to `pending` with `error` set, `failures + 1`, `available_at =
+now() + least(retry_backoff * 2^failures, 3600 s)`, the failed step that ended it forgotten, a
+`ready` row, and a notification when the delay is 0; otherwise it ends `failed` with `error` and
+`finished_at` (the dead letter state). Errors: PD006, PD001 (stale epoch, or not running), PD004
+(no such run).$$;
 
 create or replace function pgdurable.finish_many(
     p_ids text[], p_epochs integer[], p_statuses text[], p_outputs jsonb[], p_errors jsonb[])
@@ -251,13 +252,14 @@ end
 $$;
 
 comment on function pgdurable.finish_many(text[], integer[], text[], jsonb[], jsonb[]) is
-$$Finishes many runs in one call, for clients that batch endings (the Python library's group
-commit uses `commit_many`, which also batches step checkpoints). The arrays hold one element per
-run: the arguments of `finish_workflow`. Successes with a matching epoch are finished by one
-set-based `UPDATE` (each concurrency-limited queue that got a slot back is notified once);
-every other item goes through `finish_workflow` inside its own exception block. Returns one row
-per item that could not be finished, with its SQLSTATE and message (for example PD001); items
-not returned were finished. Errors: none raised; the items' errors are returned.$$;
+$$Finishes many runs in one call, for clients that batch endings (the Python library's group commit
+uses `commit_many`, which also batches step checkpoints). `p_ids`, `p_epochs`, `p_statuses`,
+`p_outputs` and `p_errors` hold one element per run: the arguments of `finish_workflow`.
+Successes with a matching epoch are finished by one set-based `UPDATE` (each concurrency-limited
+queue that got a slot back is notified once); every other item goes through `finish_workflow`
+inside its own exception block. Returns one row per item that could not be finished, with its
+SQLSTATE and message (for example PD001); items not returned were finished. Errors: none raised;
+the items' errors are returned.$$;
 
 create or replace function pgdurable.commit_many(
     p_step_ids text[], p_step_epochs integer[], p_step_nos integer[], p_step_names text[],
@@ -398,21 +400,23 @@ $$;
 
 comment on function pgdurable.commit_many(text[], integer[], integer[], text[], text[], jsonb[],
     jsonb[], text[], integer[], text[], jsonb[], jsonb[]) is
-$$The group commit of the Python library: the step checkpoints (`p_step_*`, one element per step)
-and run endings (`p_*`, one element per run) that the executions of one process queued up, in
-one transaction. Steps are recorded as `record_step` would: the runs are share-locked in id
-order (the fencing of `check_epoch`) and the steps of a current epoch inserted in one
-statement; everything else goes through `record_step` in its own exception block. Endings as
-`finish_many` would: successes with a matching epoch by one set-based `UPDATE` (notifying
-concurrency-limited queues), the rest through `finish_workflow` in exception blocks. Returns
-only the exceptions: a `step` row for every step not simply inserted (the outcome on record with
-`inserted`, or the `sqlstate` and `message` that refused it, e.g. PD001, PD003, PD004, PD006)
-and a `finish` row for every ending not applied (its `sqlstate` and `message`). `ord` is the
-item's 1-based position in its arrays; an item without a row was written as given. Errors: none
-raised. Locks: share locks on the runs of the step items; the finished runs' rows. Runs with a
-forced generic plan, `enable_seqscan`, `enable_hashjoin` and `enable_mergejoin` off (every
-statement is a scan of the arrays with primary-key lookups) and `jit` off (before PostgreSQL 18
-the disabled plan types' cost would make every call JIT-compile).$$;
+$$The group commit of the Python library: the step checkpoints and run endings that the executions
+of one process queued up, in one transaction. `p_step_ids`, `p_step_epochs`, `p_step_nos`,
+`p_step_names`, `p_step_statuses`, `p_step_outputs` and `p_step_errors` hold one element per step
+(the arguments of `record_step`); `p_ids`, `p_epochs`, `p_statuses`, `p_outputs` and `p_errors`
+one element per run (the arguments of `finish_workflow`). Steps are recorded as `record_step`
+would: the runs are share-locked in id order (the fencing of `check_epoch`) and the steps of a
+current epoch inserted in one statement; everything else goes through `record_step` in its own
+exception block. Endings as `finish_many` would: successes with a matching epoch by one set-based
+`UPDATE` (notifying concurrency-limited queues), the rest through `finish_workflow` in exception
+blocks. Returns only the exceptions: a `step` row for every step not simply inserted (the outcome
+on record with `inserted`, or the `sqlstate` and `message` that refused it, e.g. PD001, PD003,
+PD004, PD006) and a `finish` row for every ending not applied (its `sqlstate` and `message`).
+`ord` is the item's 1-based position in its arrays; an item without a row was written as given.
+Errors: none raised. Locks: share locks on the runs of the step items; the finished runs' rows.
+Runs with a forced generic plan, `enable_seqscan`, `enable_hashjoin` and `enable_mergejoin` off
+(every statement is a scan of the arrays with primary-key lookups) and `jit` off (before
+PostgreSQL 18 the disabled plan types' cost would make every call JIT-compile).$$;
 
 create or replace function pgdurable.cancel(p_id text) returns text
 language plpgsql as $$
@@ -442,7 +446,8 @@ $$Cancels run `p_id`. Locks it `FOR UPDATE`. A `pending` or `running` run become
 the owner's next checkpoint fails with PD001 and it stops. A finished run is left as it is and
 its status returned. Errors: PD004 (no such run).$$;
 
-create or replace function pgdurable.forget_ending_failure(p_id text, p_run_error jsonb) returns void
+create or replace function pgdurable.forget_ending_failure(p_id text, p_run_error jsonb)
+returns void
 language sql as $$
     delete from pgdurable.steps s
      where s.workflow_id = p_id and s.status = 'failed'

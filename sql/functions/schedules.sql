@@ -65,11 +65,11 @@ firing missed ticks when `p_catch_up`. The client parses the expression into the
 `p_days_restricted`, `p_weekdays_restricted` (whether that day field was other than `*`); the
 function does not check them against `p_cron`. A new schedule gets `last_tick` = the current
 minute, so it fires from the next tick on. An existing one is updated only if its expression,
-workflow, queue, inputs, time zone or `catch_up` changed; `last_tick` is kept. `App` calls it
-for every `app.schedule` / `@app.scheduled` when it connects. Errors: PD006 for an empty name
-(`a schedule needs a non-empty name`), an empty workflow name, inputs that are not a JSON object,
-or an unknown time zone (`unknown time zone 'Mars/Olympus'`, checked against
-`pg_timezone_names`); PD007 (`queue 'nope' does not exist`). Locks: the schedule's row.$$;
+workflow, queue, inputs, time zone or `catch_up` changed; `last_tick` is kept. `App` calls it for
+every `app.schedule` / `@app.scheduled` when it connects. Errors: PD006 for an empty name (`a
+schedule needs a non-empty name`), an empty workflow name, inputs that are not a JSON object, or
+an unknown time zone (`unknown time zone 'Mars/Olympus'`, checked against `pg_timezone_names`);
+PD007 (`queue 'nope' does not exist`). Locks: the schedule's row.$$;
 
 create or replace function pgdurable.cron_matches(s pgdurable.schedules, p_tick timestamptz)
 returns boolean language sql stable as $$
@@ -92,10 +92,10 @@ comment on function pgdurable.cron_matches(pgdurable.schedules, timestamptz) is
 $$Whether minute `p_tick`, converted to schedule `s`'s time zone, matches its minute, hour and
 month sets and its day rule: both day fields restricted, day of month or day of week; one
 restricted, that one; neither, any day. `stable`, no locks. In a time zone with daylight saving,
-a local time that is skipped never matches and one that repeats matches twice (two UTC
-ticks).$$;
+a local time that is skipped never matches and one that repeats matches twice (two UTC ticks).$$;
 
-create or replace function pgdurable.fire_due_ticks(p_limit integer, out fired integer, out failed integer)
+create or replace function pgdurable.fire_due_ticks(
+    p_limit integer, out fired integer, out failed integer)
 language plpgsql as $$
 declare
     v_now   timestamptz := date_trunc('minute', pgdurable.now());
@@ -178,5 +178,5 @@ $$;
 
 comment on function pgdurable.fire_schedules(integer) is
 $$`select fired from fire_due_ticks(p_limit)`: fires due schedule ticks, at most `p_limit` runs,
-and returns how many runs were enqueued; a tick whose `enqueue` raises is skipped and kept in
-the schedule's `last_error`.$$;
+and returns how many runs were enqueued; a tick whose `enqueue` raises is skipped and kept in the
+schedule's `last_error`.$$;

@@ -71,15 +71,16 @@ $$;
 
 comment on function pgdurable.record_step(text, integer, integer, text, text, jsonb, jsonb) is
 $$Records the outcome of step `p_step_no` (`p_name`) of run `p_id` exactly once. `p_status` is
-`done` (with `p_output`) or `failed` (with `p_error`), else PD006. `check_epoch(p_id,
-p_epoch)`, then inserts the row; if the position is free, returns the given outcome with
-`inserted = true`. If it is taken: PD003 when the recorded name differs; an at-most-once intent
-(`started`) of the same epoch is completed (`inserted = true`); any other recorded outcome is
-returned unchanged with `inserted = false`, and the caller must continue with it (a transaction
-step rolls its own writes back). Errors: PD006, PD001, PD004, PD003. Locks: share lock on the
-run; the step row (an existing one is read `FOR UPDATE`).$$;
+`done` (with `p_output`) or `failed` (with `p_error`), else PD006. `check_epoch(p_id, p_epoch)`,
+then inserts the row; if the position is free, returns the given outcome with `inserted = true`.
+If it is taken: PD003 when the recorded name differs; an at-most-once intent (`started`) of the
+same epoch is completed (`inserted = true`); any other recorded outcome is returned unchanged
+with `inserted = false`, and the caller must continue with it (a transaction step rolls its own
+writes back). Errors: PD006, PD001, PD004, PD003. Locks: share lock on the run; the step row (an
+existing one is read `FOR UPDATE`).$$;
 
-create or replace function pgdurable.begin_step(p_id text, p_epoch integer, p_step_no integer, p_name text)
+create or replace function pgdurable.begin_step(
+    p_id text, p_epoch integer, p_step_no integer, p_name text)
 returns table (status text, output jsonb, error jsonb, is_new boolean)
 language plpgsql as $$
 #variable_conflict use_column
@@ -109,7 +110,7 @@ $$;
 comment on function pgdurable.begin_step(text, integer, integer, text) is
 $$Commits the intent of an at-most-once step before its body runs: `check_epoch(p_id, p_epoch)`,
 then inserts step `p_step_no` (`p_name`) as `started` and returns `('started', null, null,
-true)`. If the position exists, returns its status, output and error with `is_new = false`
-(PD003 if the name differs). A `started` row of an earlier epoch means a previous execution
-crashed while the body ran: the outcome is unknown and the body must not run again. Errors:
-PD001, PD004, PD003.$$;
+true)`. If the position exists, returns its status, output and error with `is_new = false` (PD003
+if the name differs). A `started` row of an earlier epoch means a previous execution crashed
+while the body ran: the outcome is unknown and the body must not run again. Errors: PD001, PD004,
+PD003.$$;
