@@ -285,7 +285,7 @@ declare
     v_now      timestamptz := pgdurable.now();
     v_steps    integer := coalesce(cardinality(p_step_ids), 0);
     v_live     bigint[];
-    v_inserted bigint[] := '{}';
+    v_inserted bigint[] := '{}'::bigint[];
     v_done     bigint[];
     v_item     record;
     v_rec      record;
