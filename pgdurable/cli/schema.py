@@ -23,8 +23,8 @@ def migrate_cmd(dsn: str | None, show_sql: bool) -> None:
         with connect(resolve_dsn(dsn)) as conn:
             applied = migrate.migrate(conn)
         if applied:
-            for m in applied:
-                click.echo(f"applied {m.filename}")
+            for filename in applied.filenames:
+                click.echo(f"applied {filename}")
         else:
             click.echo(f"schema is up to date (version {migrate.latest_version()})")
 

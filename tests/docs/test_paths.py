@@ -21,12 +21,7 @@ _PATH = re.compile(r"(?<![\w./-])((?:" + "|".join(map(re.escape, _TOP)) + r")/[\
 # Pages that name stale paths and that this change may not edit (another change owns them).
 # Strict: once a page is fixed, its expected failure stops failing, and this test fails until
 # the entry is removed.
-NOT_YET_UPDATED = {
-    "docs/explanation/design.md": "names pgdurable/sql/ and sql/bench.sql (the design change "
-    "owns the page); once fixed, delete this entry from NOT_YET_UPDATED",
-    "docs/reference/sql.md": "names pgdurable/sql/migrations/ (the SQL-reference change owns "
-    "the page); once fixed, delete this entry from NOT_YET_UPDATED",
-}
+NOT_YET_UPDATED: dict[str, str] = {}
 
 
 def missing_paths(text: str, root: Path) -> list[str]:
