@@ -74,11 +74,13 @@ select pg_xact_status(%(xact_id)s::xid8) as status
 
 -- name: get_workflow
 select id, name, status, inputs, output, error, attempt, owner, lease_until, available_at,
+       case when status = 'pending' then waiting_for end as waiting_for,
        created_at, started_at, finished_at, updated_at
   from pgdurable.workflows where id = %(id)s
 
 -- name: list_workflows
 select id, name, status, inputs, output, error, attempt, owner, lease_until, available_at,
+       case when status = 'pending' then waiting_for end as waiting_for,
        created_at, started_at, finished_at, updated_at
   from pgdurable.workflows
  where (%(status)s::text is null or status = %(status)s::text)
@@ -162,7 +164,10 @@ select wake_at, remaining_seconds
   from pgdurable.sleep_step(%(id)s, %(epoch)s, %(step_no)s, %(seconds)s)
 
 -- name: suspend
-select pgdurable.suspend(%(id)s, %(epoch)s, %(until)s)
+select pgdurable.suspend(%(id)s, %(epoch)s, %(until)s::timestamptz, %(wait_for)s::text)
+
+-- name: wake
+select pgdurable.wake(%(id)s, %(condition)s) as woken
 
 -- name: commit_many
 select kind, ord, status, output, error, inserted, sqlstate, message

@@ -32,6 +32,8 @@ class WorkflowInfo(pydantic.BaseModel):
     owner: str | None = None
     lease_until: datetime | None = None
     available_at: datetime | None = None  # a pending run: claimable from then (delay, sleep)
+    # A suspended (pending) run: the condition it waits for ('sleep', ...); None otherwise.
+    waiting_for: str | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -67,7 +67,10 @@ def workflows_show(dsn: str | None, as_json: bool, workflow_id: str) -> None:
         click.echo(f"id:       {info.id}\nname:     {info.name}\nstatus:   {info.status}\n"
                    f"epoch:    {info.attempt}\nowner:    {info.owner or '-'}\n"
                    f"created:  {info.created_at}\nfinished: {info.finished_at or '-'}")
-        if info.status == "pending" and info.available_at is not None:
+        if info.waiting_for is not None:  # suspended: what wakes it, and by when
+            until = f" (until {info.available_at})" if info.available_at is not None else ""
+            click.echo(f"waiting:  {info.waiting_for}{until}")
+        elif info.status == "pending" and info.available_at is not None:
             click.echo(f"due:      {info.available_at}")
         click.echo(f"inputs:   {json.dumps(info.inputs)}")
         if info.status == "succeeded":

@@ -146,6 +146,10 @@ class Store:
         self._all("suspend", {"id": workflow_id, "epoch": epoch, "until": until,
                               "wait_for": wait_for})
 
+    def wake(self, workflow_id: str, condition: str) -> bool:
+        """Wake a run suspended waiting for `condition` (False: it was not)."""
+        return bool(self._one("wake", {"id": workflow_id, "condition": condition})["woken"])
+
     # -- queues -------------------------------------------------------------------------------
 
     def declare_queue(self, name: str, concurrency: int | None, worker_concurrency: int | None,

@@ -423,7 +423,7 @@ begin
                     ), claimed as (
                         update pgdurable.workflows w
                            set status = 'running', attempt = w.attempt + 1, owner = p_worker,
-                               lease_until = v_lease,
+                               lease_until = v_lease, waiting_for = null,
                                started_at = coalesce(w.started_at, v_now), updated_at = v_now
                           from gone g
                          where w.id = g.workflow_id and w.status = 'pending'
@@ -499,7 +499,7 @@ begin
             delete from pgdurable.ready r where r.workflow_id = v_cand.workflow_id;
             update pgdurable.workflows w
                set status = 'running', attempt = w.attempt + 1, owner = p_worker,
-                   lease_until = v_lease,
+                   lease_until = v_lease, waiting_for = null,
                    started_at = coalesce(w.started_at, v_now), updated_at = v_now
              where w.id = v_cand.workflow_id and w.status = 'pending'
             returning w.id, w.name, w.attempt, w.inputs, w.queue, w.deadline, w.started_at

@@ -77,7 +77,8 @@ begin
     update pgdurable.workflows w
        set status = 'running', attempt = w.attempt + 1, owner = p_owner,
            lease_until = v_now + make_interval(secs => p_lease_seconds),
-           started_at = coalesce(w.started_at, v_now), updated_at = v_now
+           started_at = coalesce(w.started_at, v_now), waiting_for = null,
+           updated_at = v_now
      where w.id = p_id
        and (w.status = 'pending' or (w.status = 'running' and w.lease_until < v_now))
     returning w.id, w.name, w.status, w.attempt, w.inputs;

@@ -60,35 +60,89 @@ execution's wake-up time and waits only for what is left. Errors: PD006 unless `
 finite and >= 0 (`sleep must be >= 0 seconds, not -1`); PD001, PD004 when recording; PD003 when
 another step is recorded at the position. Locks: share lock on the run when recording.$$;
 
-create or replace function pgdurable.suspend(p_id text, p_epoch integer, p_until timestamptz)
+create or replace function pgdurable.suspend(
+    p_id text, p_epoch integer, p_until timestamptz, p_wait_for text)
 returns void language plpgsql as $$
 declare
-    v_now timestamptz := pgdurable.now();
+    v_now   timestamptz := pgdurable.now();
+    v_queue text;
 begin
-    if p_until is null or not isfinite(p_until) then
-        perform pgdurable.raise_error('PD006', format('cannot suspend until %s',
-                                                     coalesce(p_until::text, 'NULL')));
+    if p_until is null and p_wait_for is null then
+        perform pgdurable.raise_error('PD006',
+            'cannot suspend until NULL: a suspension needs a wake-up time, a condition, or both');
+    end if;
+    if not isfinite(p_until) then
+        perform pgdurable.raise_error('PD006', format('cannot suspend until %s', p_until));
+    end if;
+    if p_wait_for = '' or length(p_wait_for) > 200 then
+        perform pgdurable.raise_error('PD006', format(
+            'a suspension condition must be 1 to 200 characters, not %L', left(p_wait_for, 40)));
     end if;
     perform pgdurable.check_epoch(p_id, p_epoch);
     update pgdurable.workflows
        set status = 'pending', owner = null, lease_until = null, available_at = p_until,
-           updated_at = v_now
-     where id = p_id;
+           waiting_for = p_wait_for, updated_at = v_now
+     where id = p_id
+    returning queue into v_queue;
+    if p_until is null then
+        return;  -- claimable only once woken: no ready row until then
+    end if;
     perform pgdurable.make_ready(p_id);
     if p_until <= v_now then
-        perform pgdurable.notify_queue((select queue from pgdurable.workflows where id = p_id));
+        perform pgdurable.notify_queue(v_queue);
     end if;
 end
 $$;
 
+comment on function pgdurable.suspend(text, integer, timestamptz, text) is
+$$The one suspension primitive: suspends the execution of run `p_id` at epoch `p_epoch` until
+`p_until` and/or until woken for the condition `p_wait_for`. `check_epoch`, then the run goes
+back on its queue, `pending`, owner and lease cleared, `waiting_for = p_wait_for`,
+`available_at = p_until`. With a `p_until`, it gets a `ready` row at that time (the first claim
+at or after it gives the run a new epoch and replays it; the queue is notified at once if
+`p_until` has passed, else the recovery sweep's `wake_due` does when it is due). Without one, it
+has no `ready` row and no worker can claim it until `wake(p_id, p_wait_for)`. Its checkpoints
+stay; it holds no concurrency or partition slot while suspended. A feature that waits checks its
+condition under the run's row lock in the same transaction before suspending, so a wake-up
+committed meanwhile is never lost. Errors: PD006 when both `p_until` and `p_wait_for` are null,
+for an infinite `p_until`, or a `p_wait_for` that is empty or longer than 200 characters (text
+cannot hold a NUL); PD001, PD004.$$;
+
+create or replace function pgdurable.suspend(p_id text, p_epoch integer, p_until timestamptz)
+returns void language sql as $$
+    select pgdurable.suspend(p_id, p_epoch, p_until, null)
+$$;
+
 comment on function pgdurable.suspend(text, integer, timestamptz) is
-$$Suspends the execution of run `p_id` at epoch `p_epoch` until `p_until`: `check_epoch`, then the
-run goes back on its queue, `pending`, owner and lease cleared, `available_at = p_until`, with a
-`ready` row at that time. Its checkpoints stay; the first claim at or after `p_until` gives it a
-new epoch and replays it (`has_steps = true`). Notifies the queue at once if `p_until` has
-passed; otherwise the recovery sweep's `wake_due` does when it is due, and polling workers find
-it. The run holds no concurrency or partition slot while suspended (a rate-limited queue counts
-its next claim as a start). Errors: PD006 for a null or infinite `p_until`, PD001, PD004.$$;
+$$`suspend(p_id, p_epoch, p_until, null)`: suspends run `p_id` at epoch `p_epoch` until
+`p_until` only (no condition). Errors: PD006 for a null or infinite `p_until`; PD001, PD004.$$;
+
+create or replace function pgdurable.wake(p_id text, p_condition text) returns boolean
+language plpgsql as $$
+declare
+    v_now   timestamptz := pgdurable.now();
+    v_queue text;
+begin
+    update pgdurable.workflows
+       set available_at = v_now, waiting_for = null, updated_at = v_now
+     where id = p_id and status = 'pending' and waiting_for = p_condition
+    returning queue into v_queue;
+    if not found then
+        return false;
+    end if;
+    perform pgdurable.make_ready(p_id);
+    perform pgdurable.notify_queue(v_queue);
+    return true;
+end
+$$;
+
+comment on function pgdurable.wake(text, text) is
+$$Wakes run `p_id` if it is suspended waiting for `p_condition`: it becomes claimable now (its
+`ready` row is created or moved to now), `waiting_for` is cleared, and its queue is notified when
+the calling transaction commits. Returns whether it woke a run; false (and nothing written) when
+the run does not exist, is not pending, or waits for another condition or none. Safe to call
+from any transaction, including a trigger: the wake-up happens if and only if that transaction
+commits. Errors: none of its own.$$;
 
 create or replace function pgdurable.release(p_id text, p_epoch integer) returns void
 language sql as $$
