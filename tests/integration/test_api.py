@@ -8,9 +8,9 @@ import psycopg
 import pytest
 
 import pgdurable
-
-from .conftest import AppFactory
-from .helpers import Calls, Gate, run_state, scalar, workflow_count
+from tests.support.fixtures import AppFactory
+from tests.support.runs import Calls, Gate, run_state, workflow_count
+from tests.support.sql import scalar
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

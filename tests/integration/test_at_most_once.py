@@ -7,9 +7,9 @@ import pytest
 
 import pgdurable
 from pgdurable import WorkflowFunction
-
-from .conftest import AppFactory
-from .helpers import Calls, Crash, run_state, scalar, wait_lease_expired
+from tests.support.fixtures import AppFactory
+from tests.support.runs import Calls, Crash, run_state, wait_lease_expired
+from tests.support.sql import scalar
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

@@ -10,9 +10,9 @@ import pytest
 
 import pgdurable
 from pgdurable import WorkflowFunction
-
-from .conftest import AppFactory
-from .helpers import FUTURE, Calls, Gate, lease_expired, run_state, wait_until
+from tests.support.fixtures import AppFactory
+from tests.support.runs import FUTURE, Calls, Gate, lease_expired, run_state
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

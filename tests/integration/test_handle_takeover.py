@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 import pgdurable
-
-from .conftest import AppFactory
-from .helpers import Calls, Crash
+from tests.support.fixtures import AppFactory
+from tests.support.runs import Calls, Crash
 
 
 def _register(app: pgdurable.App, calls: Calls, crash_in_step_2: bool

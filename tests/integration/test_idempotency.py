@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -13,11 +10,11 @@ import psycopg
 import pytest
 
 import pgdurable
-
-from .helpers import Calls, run_state, scalar, workflow_count
+from tests.support.processes import Piped, processes
+from tests.support.runs import Calls, run_state, workflow_count
+from tests.support.sql import scalar
 
 Conn = psycopg.Connection[tuple[object, ...]]
-HERE = Path(__file__).resolve().parent
 
 
 def test_second_start_returns_the_same_run_without_running_again(
@@ -114,26 +111,16 @@ def test_processes_racing_to_start_one_id_run_it_once(
 ) -> None:
     conn.execute("create table race_effects (key text not null, pid integer not null)")
     go = tmp_path / "go"
-    env = {**os.environ, "PGDURABLE_DSN": dsn, "PYTHONUNBUFFERED": "1"}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "apps.race_start", "race-1", str(go)], cwd=HERE,
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
-    ]
-    try:
+    with processes() as procs:
+        procs += [Piped(dsn, "-m", "apps.race_start", "race-1", str(go)) for _ in range(4)]
         for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
+            assert proc.proc.stdout is not None
+            assert proc.proc.stdout.readline().strip() == "ready"
         go.touch()  # all four are connected and polling: they start within a millisecond
-        outputs = [proc.communicate(timeout=60) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for proc, (_, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err
-    results = [json.loads(out)["result"] for out, _ in outputs]
+        outputs = [proc.wait(timeout=60) for proc in procs]
+    for code, _, err in outputs:
+        assert code == 0, err
+    results = [json.loads(out)["result"] for _, out, _ in outputs]
     effects = conn.execute("select pid from race_effects").fetchall()
     assert len(effects) == 1, effects
     assert results == [effects[0][0]] * 4  # everyone sees the one execution's result

@@ -12,9 +12,8 @@ import pytest
 
 import pgdurable
 from pgdurable import WorkflowFunction
-
-from .conftest import AppFactory
-from .helpers import Calls, Crash, lease_expired, run_state, wait_lease_expired
+from tests.support.fixtures import AppFactory
+from tests.support.runs import Calls, Crash, lease_expired, run_state, wait_lease_expired
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

@@ -8,8 +8,7 @@ import time
 import pytest
 
 import pgdurable
-
-from .helpers import Calls
+from tests.support.runs import Calls
 
 
 class Flaky(Exception):

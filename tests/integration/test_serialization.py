@@ -15,9 +15,8 @@ from pydantic import BaseModel
 
 import pgdurable
 from pgdurable import WorkflowFunction
-
-from .conftest import AppFactory
-from .helpers import Calls, Crash, run_state, wait_lease_expired, workflow_count
+from tests.support.fixtures import AppFactory
+from tests.support.runs import Calls, Crash, run_state, wait_lease_expired, workflow_count
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

@@ -10,8 +10,9 @@ import pytest
 
 import pgdurable
 from pgdurable import WorkflowFunction
-
-from .helpers import Calls, scalar, wait_until, workflow_count
+from tests.support.runs import Calls, workflow_count
+from tests.support.sql import scalar
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

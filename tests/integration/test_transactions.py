@@ -10,9 +10,10 @@ from psycopg.pq import TransactionStatus
 
 import pgdurable
 from pgdurable import WorkflowFunction
-
-from .conftest import AppFactory
-from .helpers import FUTURE, Calls, Gate, run_state, scalar, wait_until
+from tests.support.fixtures import AppFactory
+from tests.support.runs import FUTURE, Calls, Gate, run_state
+from tests.support.sql import scalar
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[tuple[object, ...]]
 AnyConn = psycopg.Connection[tuple[int]]

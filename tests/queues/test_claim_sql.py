@@ -21,7 +21,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from .helpers import (
+from tests.support.sql import (
     T0,
     Conn,
     at,

@@ -27,8 +27,9 @@ from pgdurable import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-
-from .helpers import call, cli, count, wait_until
+from tests.support.processes import cli
+from tests.support.sql import call, count
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[Any]
 

@@ -1,4 +1,4 @@
-"""Real `pgdurable worker` processes sharing queues (the App is tests/queues/apps/qapp.py).
+"""Real `pgdurable worker` processes sharing queues (the App is tests/support/apps/qapp.py).
 
 Flow control is checked on what actually happened: each execution records its interval
 (server clock) in `qruns`, and the claim time of each run is `workflows.started_at`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -18,21 +18,20 @@ from psycopg.types.json import Jsonb
 
 import pgdurable
 from pgdurable.store.database import translate
-
-from .helpers import (
-    QAPP_SCHEMA,
-    WorkerProc,
-    call,
-    declare,
-    enqueue,
-    max_in_window,
-    max_overlap,
-    wait_until,
-    worker_procs,
-)
+from tests.support.processes import Piped, processes, worker_process
+from tests.support.sql import call, declare, enqueue
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[Any]
 APP = "apps.qapp:app"
+
+# The tables the workflows of apps/qapp.py write to.
+QAPP_SCHEMA = """
+create table qruns (
+    id bigserial primary key, workflow_id text not null, pid integer not null,
+    started timestamptz not null, ended timestamptz);
+create table qflags (tag text primary key);
+"""
 
 # The queues apps/qapp.py declares, with the same limits.
 QUEUES: dict[str, dict[str, Any]] = {
@@ -53,15 +52,40 @@ def db(dsn: str, conn: Conn) -> Iterator[Conn]:
 
 
 @pytest.fixture
-def procs() -> Iterator[list[WorkerProc]]:
-    with worker_procs() as started:
+def procs() -> Iterator[list[Piped]]:
+    with processes() as started:
         yield started
 
 
-def start(procs: list[WorkerProc], dsn: str, *args: str, **env: str) -> WorkerProc:
-    proc = WorkerProc(dsn, APP, *args, **env)
+def start(procs: list[Piped], dsn: str, *args: str, **env: str) -> Piped:
+    proc = worker_process(dsn, APP, *args, **env)
     procs.append(proc)
     return proc
+
+
+def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    """The largest number of half-open intervals [start, end) covering one instant."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
+                    key=lambda ev: (ev[0], ev[1]))  # ends before starts at the same instant
+    best = current = 0
+    for _, delta in events:
+        current += delta
+        best = max(best, current)
+    return best
+
+
+def max_in_window(starts: list[datetime], seconds: float) -> int:
+    """The largest number of starts in any half-open window [t, t + seconds)."""
+    ordered = sorted(starts)
+    width = timedelta(seconds=seconds)
+    best = 0
+    j = 0
+    for i, start in enumerate(ordered):
+        j = max(j, i)
+        while j < len(ordered) and ordered[j] < start + width:
+            j += 1
+        best = max(best, j - i)
+    return best
 
 
 def enqueue_runs(conn: Conn, queue: str, name: str, args_list: list[list[Any]],
@@ -113,7 +137,7 @@ def run_to_completion(conn: Conn, ids: list[str], timeout: float = 40.0) -> None
 
 
 def test_global_concurrency_across_three_worker_processes(dsn: str, db: Conn,
-                                                          procs: list[WorkerProc]) -> None:
+                                                          procs: list[Piped]) -> None:
     # Three slots for a limit of two, so the limit (not the workers' own capacity) decides,
     # and the two running runs are always held by two different processes. (With more slots
     # per worker, the worker that finishes a run re-claims the freed slot before the idle ones
@@ -139,7 +163,7 @@ def test_global_concurrency_across_three_worker_processes(dsn: str, db: Conn,
 
 
 def test_partition_concurrency_across_worker_processes(dsn: str, db: Conn,
-                                                       procs: list[WorkerProc]) -> None:
+                                                       procs: list[Piped]) -> None:
     for _ in range(3):
         start(procs, dsn, "--queue", "parts", "--concurrency", "4", "--poll-interval", "0.05")
     wait_until(lambda: listening(db) == 3, what="three workers listening")
@@ -160,7 +184,7 @@ def test_partition_concurrency_across_worker_processes(dsn: str, db: Conn,
     assert max_overlap(intervals(rows)) >= 3, "keys should run side by side"
 
 
-def test_rate_limit_across_worker_processes(dsn: str, db: Conn, procs: list[WorkerProc]
+def test_rate_limit_across_worker_processes(dsn: str, db: Conn, procs: list[Piped]
                                             ) -> None:
     for _ in range(3):
         start(procs, dsn, "--queue", "rated", "--concurrency", "8", "--poll-interval", "0.02")
@@ -175,7 +199,7 @@ def test_rate_limit_across_worker_processes(dsn: str, db: Conn, procs: list[Work
 
 
 def test_priority_order_with_one_worker_of_concurrency_one(dsn: str, db: Conn,
-                                                           procs: list[WorkerProc]) -> None:
+                                                           procs: list[Piped]) -> None:
     plan = [("p5-a", 5), ("p0-a", 0), ("p9", 9), ("p0-b", 0), ("p-1", -1), ("p5-b", 5)]
     for wid, priority in plan:
         enqueue(db, "work", "qapp.interval", inputs={"args": [0], "kwargs": {}}, id=wid,
@@ -189,7 +213,7 @@ def test_priority_order_with_one_worker_of_concurrency_one(dsn: str, db: Conn,
     assert set(statuses(db, order).values()) == {"succeeded"}
 
 
-def test_exit_when_idle_on_an_empty_queue(dsn: str, db: Conn, procs: list[WorkerProc]) -> None:
+def test_exit_when_idle_on_an_empty_queue(dsn: str, db: Conn, procs: list[Piped]) -> None:
     worker = start(procs, dsn, "--queue", "work", "--exit-when-idle", "--poll-interval", "5")
     code, _, err = worker.wait(timeout=20)
     assert code == 0, err
@@ -198,7 +222,7 @@ def test_exit_when_idle_on_an_empty_queue(dsn: str, db: Conn, procs: list[Worker
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_an_idle_worker_exits_0_on_sigterm_and_sigint(dsn: str, db: Conn,
-                                                      procs: list[WorkerProc],
+                                                      procs: list[Piped],
                                                       signum: signal.Signals) -> None:
     worker = start(procs, dsn, "--queue", "work", "--poll-interval", "5")
     wait_until(lambda: listening(db) == 1, what="the worker to listen")
@@ -213,7 +237,7 @@ def test_an_idle_worker_exits_0_on_sigterm_and_sigint(dsn: str, db: Conn,
 
 
 def test_sigkill_a_worker_and_another_takes_its_runs_over(dsn: str, db: Conn,
-                                                          procs: list[WorkerProc]) -> None:
+                                                          procs: list[Piped]) -> None:
     lease = {"QAPP_LEASE_SECONDS": "1.0"}
     ids = enqueue_runs(db, "work", "qapp.hold", [["go"]] * 4)
     a = start(procs, dsn, "--queue", "work", "--concurrency", "4", "--poll-interval", "0.1",
@@ -263,7 +287,7 @@ def test_sigkill_a_worker_and_another_takes_its_runs_over(dsn: str, db: Conn,
 
 
 def test_sigterm_releases_runs_that_outlive_the_grace_period(dsn: str, db: Conn,
-                                                             procs: list[WorkerProc]) -> None:
+                                                             procs: list[Piped]) -> None:
     enqueue_runs(db, "work", "qapp.hold", [["go"]] * 3)
     a = start(procs, dsn, "--queue", "work", "--concurrency", "4", "--grace-seconds", "0.3")
     wait_until(lambda: len(executions(db)) == 3, what="worker A to start the runs")
@@ -287,7 +311,7 @@ def test_sigterm_releases_runs_that_outlive_the_grace_period(dsn: str, db: Conn,
 
 
 def test_sigterm_lets_runs_finish_within_the_grace_period(dsn: str, db: Conn,
-                                                          procs: list[WorkerProc]) -> None:
+                                                          procs: list[Piped]) -> None:
     ids = enqueue_runs(db, "work", "qapp.hold", [["go"]] * 3)
     a = start(procs, dsn, "--queue", "work", "--concurrency", "4", "--grace-seconds", "30")
     wait_until(lambda: len(executions(db)) == 3, what="worker A to start the runs")
@@ -310,7 +334,7 @@ def test_sigterm_lets_runs_finish_within_the_grace_period(dsn: str, db: Conn,
 
 
 def test_an_idle_worker_starts_new_work_on_notify_not_on_its_poll(dsn: str, db: Conn,
-                                                                  procs: list[WorkerProc]) -> None:
+                                                                  procs: list[Piped]) -> None:
     start(procs, dsn, "--queue", "work", "--poll-interval", "5")
     wait_until(lambda: listening(db) == 1, what="the worker to listen")
     time.sleep(0.3)  # let its start-up claims pass: it is now idle in a 5 s poll wait
@@ -327,11 +351,11 @@ def test_an_idle_worker_starts_new_work_on_notify_not_on_its_poll(dsn: str, db: 
 
 
 def test_a_worker_leaves_runs_it_cannot_run_for_one_that_can(dsn: str, db: Conn,
-                                                             procs: list[WorkerProc]) -> None:
+                                                             procs: list[Piped]) -> None:
     unknown = enqueue(db, "work", "qapp.only_full", inputs={"args": [21], "kwargs": {}},
                       priority=-1)
     known = enqueue(db, "work", "qapp.interval", inputs={"args": [0], "kwargs": {}})
-    partial = WorkerProc(dsn, "apps.qapp_partial:app", "--queue", "work", "--exit-when-idle")
+    partial = worker_process(dsn, "apps.qapp_partial:app", "--queue", "work", "--exit-when-idle")
     procs.append(partial)
     code, _, err = partial.wait()
     assert code == 0, err
@@ -354,9 +378,9 @@ def test_a_worker_leaves_runs_it_cannot_run_for_one_that_can(dsn: str, db: Conn,
     ("apps.qapp:DSN", "is not a pgdurable.App"),
     ("apps.broken:app", "broken on purpose"),
 ])
-def test_a_bad_app_path_is_a_one_line_error(dsn: str, db: Conn, procs: list[WorkerProc],
+def test_a_bad_app_path_is_a_one_line_error(dsn: str, db: Conn, procs: list[Piped],
                                             app_path: str, message: str) -> None:
-    worker = WorkerProc(dsn, app_path, "--exit-when-idle")
+    worker = worker_process(dsn, app_path, "--exit-when-idle")
     procs.append(worker)
     code, out, err = worker.wait()
     assert code != 0
@@ -366,7 +390,7 @@ def test_a_bad_app_path_is_a_one_line_error(dsn: str, db: Conn, procs: list[Work
     assert "Traceback" not in err + out
 
 
-def test_an_unknown_queue_is_a_one_line_error(dsn: str, db: Conn, procs: list[WorkerProc]
+def test_an_unknown_queue_is_a_one_line_error(dsn: str, db: Conn, procs: list[Piped]
                                               ) -> None:
     worker = start(procs, dsn, "--queue", "work", "--queue", "ghost", "--exit-when-idle")
     code, _, err = worker.wait()

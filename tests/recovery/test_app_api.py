@@ -20,8 +20,7 @@ from pgdurable.errors import (
 )
 from pgdurable.runtime.recovery import DEFAULT_RETENTION_SECONDS, RecoverySettings, sweep
 from pgdurable.runtime.worker import Worker
-
-from .helpers import call, claim_one, declare_queue, enqueue, scalar, scheduled_ids, set_now
+from tests.support.sql import call, claim_one, declare, enqueue, scalar, scheduled_ids, set_now
 
 Conn = psycopg.Connection[Any]
 
@@ -210,9 +209,9 @@ def test_a_dead_letter_fails_its_handle_with_recovery_limit_exceeded(
     def flow() -> int:
         return 1
 
-    declare_queue(conn, "fragile", max_recoveries=1)
+    declare(conn, "fragile", max_recoveries=1)
     app.queue("fragile")
-    wid = enqueue(conn, "fragile", "flow", wid="doomed")
+    wid = enqueue(conn, "fragile", "flow", id="doomed")
     set_now(conn, None)
     claim_one(conn, "dead-worker", "fragile", lease=0.01)
     conn.execute("select pg_sleep(0.05)")

@@ -17,19 +17,9 @@ from psycopg.conninfo import make_conninfo
 
 from pgdurable.errors import SchemaError
 from pgdurable.runtime.recovery import RecoveryDaemon, RecoverySettings
-
-from .helpers import (
-    backends,
-    claim_one,
-    declare_queue,
-    enqueue,
-    leader,
-    scalar,
-    terminate,
-    wait_for_leader,
-    wait_until,
-    workflow,
-)
+from tests.support.processes import backends, leader, terminate, wait_for_leader
+from tests.support.sql import claim_one, declare, enqueue, scalar, workflow
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[Any]
 INTERVAL = 0.1
@@ -55,7 +45,7 @@ def running(dsn: str, *names: str, interval: float = INTERVAL) -> Iterator[list[
 
 def expired_run(conn: Conn, wid: str, queue: str = "default") -> None:
     """A run claimed by a worker that died at once (its lease is already over)."""
-    enqueue(conn, queue, wid=wid)
+    enqueue(conn, queue, id=wid)
     claim_one(conn, "dead-worker", queue, lease=0.001)
     conn.execute("select pg_sleep(0.01)")
 
@@ -123,7 +113,7 @@ def test_the_daemon_survives_its_only_connection_being_killed(dsn: str, conn: Co
 
 
 def test_one_log_line_per_action(dsn: str, conn: Conn, caplog: pytest.LogCaptureFixture) -> None:
-    declare_queue(conn, "fragile", max_recoveries=1)
+    declare(conn, "fragile", max_recoveries=1)
     expired_run(conn, "comes-back")
     expired_run(conn, "dead", queue="fragile")
     caplog.set_level(logging.INFO, logger="pgdurable.recovery")

@@ -12,21 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from .helpers import (
-    Proc,
-    claim_one,
-    cli,
-    count,
-    declare_queue,
-    enqueue,
-    leader,
-    one_line_error,
-    processes,
-    scalar,
-    scheduled_ids,
-    wait_until,
-    workflow,
-)
+from tests.support.processes import Proc, cli, leader, one_line_error, processes
+from tests.support.sql import claim_one, count, declare, enqueue, scalar, scheduled_ids, workflow
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[Any]
 COUNT_KEYS = {"requeued", "dead_lettered", "woken_queues", "scheduled", "schedule_errors",
@@ -35,13 +23,13 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
 
 
 def expired_run(conn: Conn, wid: str, queue: str = "default") -> None:
-    enqueue(conn, queue, wid=wid)
+    enqueue(conn, queue, id=wid)
     claim_one(conn, "dead-worker", queue, lease=0.001)
     conn.execute("select pg_sleep(0.01)")
 
 
 def test_once_json_prints_the_counts(dsn: str, conn: Conn) -> None:
-    declare_queue(conn, "fragile", max_recoveries=1)
+    declare(conn, "fragile", max_recoveries=1)
     expired_run(conn, "back")
     expired_run(conn, "dead", "fragile")
     result = cli(dsn, "recover", "--once", "--json")
@@ -68,7 +56,7 @@ def test_once_prints_one_line_of_counts(dsn: str, conn: Conn) -> None:
 
 def test_once_enforces_retention_and_limit(dsn: str, conn: Conn) -> None:
     for i in range(3):
-        enqueue(conn, wid=f"old-{i}")
+        enqueue(conn, id=f"old-{i}")
         row = claim_one(conn, "w")
         conn.execute("select pgdurable.finish_workflow(%s, %s, 'succeeded', null, null)",
                      (row["id"], row["epoch"]))
@@ -182,7 +170,7 @@ def test_the_daemon_wakes_a_worker_when_a_delayed_run_becomes_due(
             what="the worker to listen")
         procs.append(Proc(dsn, tmp_path, "daemon", "recover", "--interval", "0.2"))
         wait_until(lambda: leader(conn) == "daemon", timeout=30, what="the daemon to lead")
-        wid = enqueue(conn, "reports", "sched.report", wid="later", delay=1.0,
+        wid = enqueue(conn, "reports", "sched.report", id="later", delay_seconds=1.0,
                       inputs={"args": ["initech"], "kwargs": {}})
         wait_until(lambda: workflow(conn, wid)["status"] == "succeeded", timeout=15,
                    what="the delayed run to be woken and run")

@@ -11,13 +11,13 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from .helpers import (
+from tests.support.sql import (
     NO_INPUTS,
     T0,
     at,
     call,
     claim_one,
-    declare_queue,
+    declare,
     declare_schedule,
     enqueue,
     fire,
@@ -55,7 +55,7 @@ def utc(text: str) -> datetime:
 
 def test_declare_stores_the_schedule_from_the_current_minute(db: Conn) -> None:
     set_now(db, at(42.5))
-    declare_queue(db, "reports")
+    declare(db, "reports")
     declare_schedule(db, "nightly", "0 3 * * *", workflow_name="reports.build", queue="reports",
                      inputs={"args": ["acme"], "kwargs": {}}, timezone="Europe/Paris")
     row = call(db, "select * from pgdurable.schedules")[0]
@@ -153,7 +153,7 @@ def test_cron_matches_in_the_schedule_time_zone(db: Conn) -> None:
 
 
 def test_each_tick_starts_one_run_with_a_deterministic_id(db: Conn) -> None:
-    declare_queue(db, "reports")
+    declare(db, "reports")
     inputs = {"args": [1, "x"], "kwargs": {"k": True}}
     declare_schedule(db, "five", "*/5 * * * *", workflow_name="reports.build", queue="reports",
                      inputs=inputs)
@@ -225,7 +225,7 @@ def test_the_limit_spans_schedules(db: Conn) -> None:
 
 def test_a_tick_whose_run_exists_already_is_not_duplicated(db: Conn) -> None:
     declare_schedule(db, "s", "* * * * *")
-    wid = enqueue(db, wid=tick_id("s", minute(1)), inputs={"args": ["manual"], "kwargs": {}})
+    wid = enqueue(db, id=tick_id("s", minute(1)), inputs={"args": ["manual"], "kwargs": {}})
     set_now(db, minute(1))
     fire(db)
     assert scheduled_ids(db) == [wid]
@@ -244,7 +244,7 @@ def test_a_schedule_that_cannot_fire_does_not_stop_recovery(db: Conn) -> None:
     declare_schedule(db, "healthy", "* * * * *")
     # What declare_schedule refuses, written behind its back (the tick's enqueue raises PD006).
     db.execute("update pgdurable.schedules set inputs = '[]' where name = 'broken'")
-    enqueue(db, wid="orphan")
+    enqueue(db, id="orphan")
     claim_one(db, "w", lease=5)
     set_now(db, minute(1))
     counts = sweep(db)

@@ -16,8 +16,8 @@ import pgdurable
 from pgdurable.errors import InvalidArgument
 from pgdurable.runtime import sleeping
 from pgdurable.runtime.worker import Worker
-
-from .helpers import NO_INPUTS, call, wait_until, workflow
+from tests.support.sql import NO_INPUTS, call, workflow
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[Any]
 

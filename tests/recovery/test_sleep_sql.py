@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from .helpers import (
+from tests.support.sql import (
     at,
     call,
     claim,
@@ -45,7 +45,7 @@ def suspend(conn: Conn, wid: str, epoch: int, until: Any) -> None:
 
 
 def running(conn: Conn, wid: str = "s") -> int:
-    enqueue(conn, wid=wid)
+    enqueue(conn, id=wid)
     return int(claim_one(conn, "w1")["epoch"])
 
 
@@ -80,7 +80,7 @@ def test_a_stale_epoch_cannot_sleep_or_suspend(db: Conn) -> None:
 
 def test_another_step_at_the_position_is_non_determinism(db: Conn) -> None:
     epoch = running(db)
-    record(db, "s", epoch, 0, 1)
+    record(db, "s", epoch, 0, "step", output=1)
     with sqlstate("PD003"):
         sleep_step(db, "s", epoch, 0, 10)
 

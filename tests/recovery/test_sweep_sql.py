@@ -10,13 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from .helpers import (
+from tests.support.sql import (
     at,
     call,
     claim,
     claim_one,
     count,
-    declare_queue,
+    declare,
     enqueue,
     expire,
     finish,
@@ -56,10 +56,10 @@ def claimed_and_expired(conn: Conn, wid: str, *, queue: str = "default", worker:
 
 
 def test_an_expired_lease_goes_back_to_the_queue_and_is_fenced(db: Conn) -> None:
-    wid = enqueue(db, wid="r1")
+    wid = enqueue(db, id="r1")
     row = claim_one(db, "w-a", lease=10)
     assert row["epoch"] == 1
-    record(db, wid, 1, 0, "first")
+    record(db, wid, 1, 0, "step", output="first")
 
     set_now(db, at(9.5))
     assert expire(db) == (0, 0)  # still leased
@@ -78,16 +78,16 @@ def test_an_expired_lease_goes_back_to_the_queue_and_is_fenced(db: Conn) -> None
     assert taken["epoch"] == 2  # a new fencing epoch
     assert taken["has_steps"] is True
     with sqlstate("PD001"):
-        record(db, wid, 1, 1, "zombie")  # the old owner can no longer write
-    record(db, wid, 2, 1, "second")
+        record(db, wid, 1, 1, "step", output="zombie")  # the old owner can no longer write
+    record(db, wid, 2, 1, "step", output="second")
     finish(db, wid, 2, output="done")
     assert workflow(db, wid)["status"] == "succeeded"
     assert workflow(db, wid)["recoveries"] == 1
 
 
 def test_dead_letter_once_the_queue_budget_is_used_up(db: Conn) -> None:
-    declare_queue(db, "fragile", max_recoveries=3)
-    wid = enqueue(db, "fragile", wid="crashy")
+    declare(db, "fragile", max_recoveries=3)
+    wid = enqueue(db, "fragile", id="crashy")
     for n in (1, 2):
         claimed_and_expired(db, wid, queue="fragile", claim_at=100.0 * n)
         assert expire(db) == (1, 0)
@@ -110,7 +110,7 @@ def test_dead_letter_once_the_queue_budget_is_used_up(db: Conn) -> None:
 
 
 def test_the_default_budget_is_ten_expiries(db: Conn) -> None:
-    wid = enqueue(db, wid="default-budget")
+    wid = enqueue(db, id="default-budget")
     outcomes = []
     for n in range(10):
         claimed_and_expired(db, wid, claim_at=100.0 * n)
@@ -121,7 +121,7 @@ def test_the_default_budget_is_ten_expiries(db: Conn) -> None:
 
 
 def test_a_budget_of_one_dead_letters_at_the_first_expiry(db: Conn) -> None:
-    declare_queue(db, "once", max_recoveries=1)
+    declare(db, "once", max_recoveries=1)
     wid = enqueue(db, "once")
     claimed_and_expired(db, wid, queue="once")
     assert expire(db) == (0, 1)
@@ -129,7 +129,7 @@ def test_a_budget_of_one_dead_letters_at_the_first_expiry(db: Conn) -> None:
 
 
 def test_a_requeued_dead_letter_gets_its_full_budget_again(db: Conn) -> None:
-    declare_queue(db, "twice", max_recoveries=2)
+    declare(db, "twice", max_recoveries=2)
     wid = enqueue(db, "twice")
     for n in range(2):
         claimed_and_expired(db, wid, queue="twice", claim_at=100.0 * n)
@@ -156,15 +156,15 @@ def test_declare_queue_recoveries_refuses_an_unknown_queue(db: Conn) -> None:
 
 
 def test_redeclaring_a_queue_keeps_its_recovery_budget(db: Conn) -> None:
-    declare_queue(db, "reports", max_recoveries=2)
+    declare(db, "reports", max_recoveries=2)
     db.execute("select pgdurable.declare_queue('reports', p_concurrency => 5)")
     assert scalar(db, "select max_recoveries from pgdurable.queues where name = 'reports'") == 2
 
 
 def test_expire_leases_filters_queues_and_takes_the_oldest_leases_first(db: Conn) -> None:
-    declare_queue(db, "q1")
-    declare_queue(db, "q2")
-    ids = {q: [enqueue(db, q, wid=f"{q}-{i}") for i in range(3)] for q in ("q1", "q2")}
+    declare(db, "q1")
+    declare(db, "q2")
+    ids = {q: [enqueue(db, q, id=f"{q}-{i}") for i in range(3)] for q in ("q1", "q2")}
     for i in range(3):  # leases end at 10, 11, 12 (q1) and 10.5, 11.5, 12.5 (q2)
         set_now(db, at(i))
         claim_one(db, "w", "q1", lease=10)
@@ -202,9 +202,9 @@ def test_a_renewed_lease_is_not_expired(db: Conn) -> None:
 
 
 def test_requeue_expired_counts_requeued_and_dead_lettered_runs(db: Conn) -> None:
-    declare_queue(db, "once", max_recoveries=1)
-    enqueue(db, "once", wid="a")
-    enqueue(db, "default", wid="b")
+    declare(db, "once", max_recoveries=1)
+    enqueue(db, "once", id="a")
+    enqueue(db, "default", id="b")
     claim_one(db, "w", "once", lease=5)
     claim_one(db, "w", "default", lease=5)
     set_now(db, at(6))
@@ -216,11 +216,11 @@ def test_requeue_expired_counts_requeued_and_dead_lettered_runs(db: Conn) -> Non
 
 
 def test_the_sweep_wakes_queues_whose_runs_became_due(dsn: str, db: Conn) -> None:
-    declare_queue(db, "later")
-    declare_queue(db, "idle")
+    declare(db, "later")
+    declare(db, "idle")
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("listen pgdurable")
-        enqueue(db, "later", wid="delayed", delay=30)
+        enqueue(db, "later", id="delayed", delay_seconds=30)
         assert notifications(listener) == []  # a delayed enqueue sends no wake-up
 
         assert sweep(db)["woken_queues"] == 0  # first sweep: nothing due
@@ -235,8 +235,8 @@ def test_the_sweep_wakes_queues_whose_runs_became_due(dsn: str, db: Conn) -> Non
 
 
 def test_runs_requeued_by_a_sweep_wake_their_queue(dsn: str, db: Conn) -> None:
-    declare_queue(db, "work")
-    enqueue(db, "work", wid="r")
+    declare(db, "work")
+    enqueue(db, "work", id="r")
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("listen pgdurable")
         sweep(db)
@@ -249,7 +249,7 @@ def test_runs_requeued_by_a_sweep_wake_their_queue(dsn: str, db: Conn) -> None:
 
 def test_a_requeued_run_wakes_its_queue_once(conn: Conn) -> None:
     """On the wall clock (a frozen clock hides it)."""
-    enqueue(conn, wid="r")
+    enqueue(conn, id="r")
     claim_one(conn, "w", lease=0.001)
     conn.execute("select pg_sleep(0.01)")
     first = sweep(conn)
@@ -258,7 +258,7 @@ def test_a_requeued_run_wakes_its_queue_once(conn: Conn) -> None:
 
 
 def test_a_first_sweep_looks_one_minute_back(dsn: str, db: Conn) -> None:
-    enqueue(db, wid="soon", delay=5)  # due at 5
+    enqueue(db, id="soon", delay_seconds=5)  # due at 5
     set_now(db, at(50))
     assert sweep(db)["woken_queues"] == 1
     with psycopg.connect(dsn, autocommit=True) as fresh:  # a database never swept before
@@ -273,11 +273,11 @@ def test_a_first_sweep_looks_one_minute_back(dsn: str, db: Conn) -> None:
 def finished_run(conn: Conn, wid: str, status: str, finished_at: float) -> None:
     """A run with two recorded steps that ended `status` at `finished_at`."""
     set_now(conn, at(finished_at - 1))
-    enqueue(conn, wid=wid)
+    enqueue(conn, id=wid)
     row = claim_one(conn, "w")
     assert row["id"] == wid
-    record(conn, wid, row["epoch"], 0, "a")
-    record(conn, wid, row["epoch"], 1, "b")
+    record(conn, wid, row["epoch"], 0, "step", output="a")
+    record(conn, wid, row["epoch"], 1, "step", output="b")
     set_now(conn, at(finished_at))
     if status == "cancelled":
         assert scalar(conn, "select pgdurable.cancel(%s)", (wid,)) == "cancelled"
@@ -295,10 +295,10 @@ def test_purge_deletes_old_finished_runs_with_their_steps(db: Conn) -> None:
     finished_run(db, "old-cancelled", "cancelled", 30)
     finished_run(db, "young", "succeeded", 900)
     set_now(db, at(950))
-    enqueue(db, wid="pending-old")
+    enqueue(db, id="pending-old")
     set_now(db, at(951))
     running = claim_one(db, "w")
-    record(db, running["id"], running["epoch"], 0, "x")
+    record(db, running["id"], running["epoch"], 0, "step", output="x")
     assert count(db, "pgdurable.steps") == 9
 
     set_now(db, at(1000))
@@ -342,9 +342,9 @@ def test_purge_refuses_a_retention_that_is_not_positive_and_finite(
 
 
 def test_recover_sweep_returns_all_counts_as_json(db: Conn) -> None:
-    declare_queue(db, "once", max_recoveries=1)
-    enqueue(db, "once", wid="dies")
-    enqueue(db, "default", wid="comes-back")
+    declare(db, "once", max_recoveries=1)
+    enqueue(db, "once", id="dies")
+    enqueue(db, "default", id="comes-back")
     claim_one(db, "w", "once", lease=5)
     claim_one(db, "w", "default", lease=5)
     finished_run(db, "ancient", "succeeded", 2)
@@ -360,7 +360,7 @@ def test_recover_sweep_returns_all_counts_as_json(db: Conn) -> None:
 
 def test_each_part_of_a_sweep_is_bounded_by_the_limit(db: Conn) -> None:
     for i in range(5):
-        enqueue(db, wid=f"r{i}")
+        enqueue(db, id=f"r{i}")
     assert len(claim(db, "w", "default", 10, lease=5)) == 5
     for i in range(5):
         finished_run(db, f"done-{i}", "succeeded", 1)
@@ -377,7 +377,7 @@ def test_each_part_of_a_sweep_is_bounded_by_the_limit(db: Conn) -> None:
 def test_recover_sweep_refuses_bad_arguments_and_changes_nothing(
     db: Conn, limit: int | None, retention: float | None
 ) -> None:
-    enqueue(db, wid="r")
+    enqueue(db, id="r")
     claim_one(db, "w", lease=5)
     set_now(db, at(100))
     with sqlstate("PD006"):
@@ -390,7 +390,7 @@ def test_concurrent_sweeps_do_not_double_count(dsn: str, db: Conn) -> None:
     """Two sweeps at once (a standby daemon and pg_cron, say): every expired run is requeued
     by exactly one of them."""
     for i in range(40):
-        enqueue(db, wid=f"r{i:02d}")
+        enqueue(db, id=f"r{i:02d}")
     assert len(claim(db, "w", "default", 40, lease=5)) == 40
     with psycopg.connect(dsn, autocommit=True) as other:
         set_now(other, at(100))

@@ -12,8 +12,7 @@ from psycopg.types.json import Jsonb
 from pgdurable import errors
 from pgdurable.store.database import Database, run_query, translate
 from pgdurable.store.sql import all_queries
-
-from .helpers import Conn, start
+from tests.support.sql import Conn, start
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 

@@ -15,8 +15,7 @@ from psycopg.types.json import Jsonb
 import pgdurable
 from pgdurable.core.serde import Signature
 from pgdurable.errors import SerializationError
-
-from .helpers import Conn, call
+from tests.support.sql import Conn, call
 
 # jsonb refuses U+0000 in strings (see test_jsonb_refuses_nul below), so the property leaves it out
 TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30)

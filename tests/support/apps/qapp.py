@@ -1,11 +1,12 @@
 """The App that the `pgdurable worker` processes of test_workers.py serve.
 
 Usage: PGDURABLE_DSN=... python -m pgdurable.cli worker apps.qapp:app [--queue Q ...] (cwd
-tests/queues). QAPP_LEASE_SECONDS sets the App's lease (default 30).
+tests/support). QAPP_LEASE_SECONDS sets the App's lease (default 30).
 
 Every execution of a workflow here writes one row to `qruns` (workflow id, worker pid, start
 and end from the server clock) on a connection of its own, so the tests can check how
-executions overlapped. The tables (helpers.QAPP_SCHEMA) are created by the tests.
+executions overlapped. The tables (QAPP_SCHEMA in tests/runtime/test_workers.py) are created
+by the tests.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """An App with a queue and cron schedules, for the `pgdurable recover --app` and
-`pgdurable worker --recover` tests (cwd tests/recovery, PGDURABLE_DSN set)."""
+`pgdurable worker --recover` tests (cwd tests/support, PGDURABLE_DSN set)."""
 
 from __future__ import annotations
 

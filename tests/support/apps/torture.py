@@ -1,4 +1,4 @@
-"""The App the recovery fault tests run in `pgdurable worker` processes (cwd tests/faults):
+"""The App the recovery fault tests run in `pgdurable worker` processes (cwd tests/support):
 `python -m pgdurable.cli worker apps.torture:app --queue torture ...`.
 
 `torture.flow(n)` has three steps: a transaction step inserting one business row, a plain step
@@ -9,7 +9,7 @@ differ and the test can tell which execution's outputs the workflow used. It ret
 `torture.hold(tag)` records each start of its one step in `torture_holds` and then waits until
 `tag` is in `torture_flags`: a run that is busy until the test lets it go.
 
-The tables are support.TORTURE_SCHEMA. Environment knobs (seconds):
+The tables are TORTURE_SCHEMA in tests/faults/helpers.py. Environment knobs (seconds):
   TORTURE_LEASE_SECONDS  lease of this process's runs (default 5)
   TORTURE_TXN_SECONDS    the transaction step holds its transaction open a random half of
                          this to this long

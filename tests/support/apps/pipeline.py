@@ -1,6 +1,6 @@
 """The workflows the fault tests run in real processes (that they then kill).
 
-Usage (cwd tests/faults, PGDURABLE_DSN set): python -m apps.pipeline checkout ORDER_ID...
+Usage (cwd tests/support, PGDURABLE_DSN set): python -m apps.pipeline checkout ORDER_ID...
     or python -m apps.pipeline notify ORDER_ID
 Starts (or takes over) one run per order id, waits for all of them and prints one JSON object
 {workflow_id: result}. Every step body writes a row to `fault_events` on its own connection

@@ -1,40 +1,27 @@
-"""Helpers shared by the integration tests: polling, gates, simulated crashes, SQL shortcuts."""
+"""In-process helpers for tests of Apps: gates that hold a step body, call counters, simulated
+crashes, and a run's state as the database has it."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
-T = TypeVar("T")
+from pgdurable.testing import SimulatedCrash as Crash
+
+from .sql import scalar
+from .waiting import wait_until
+
+__all__ = ["FUTURE", "Calls", "Crash", "Gate", "lease_expired", "run_state",
+           "wait_lease_expired", "workflow_count"]
 
 # A `pgdurable.now` far in the future: an App whose connections set it sees every other
 # owner's lease as expired, so it can take a run over while the first owner still heartbeats.
 FUTURE = "2100-01-01T00:00:00+00:00"
 
-
-class Crash(BaseException):
-    """Raised in a step body to stop an execution the way a crash would. It is not an
-    Exception, so pgdurable records nothing and the run stays `running` under its lease."""
-
-
-def wait_until(
-    predicate: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.01,
-    what: str = "the condition",
-) -> T:
-    """Poll `predicate` until it returns something truthy (and return that)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+Conn = psycopg.Connection[Any]
 
 
 class Gate:
@@ -77,17 +64,11 @@ class Calls:
             return self.counts[label]
 
 
-def scalar(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def workflow_count(conn: psycopg.Connection[Any]) -> int:
+def workflow_count(conn: Conn) -> int:
     return int(scalar(conn, "select count(*) from pgdurable.workflows"))
 
 
-def run_state(conn: psycopg.Connection[Any], workflow_id: str) -> tuple[str, int] | None:
+def run_state(conn: Conn, workflow_id: str) -> tuple[str, int] | None:
     """(status, epoch) of a run, or None if there is no such run."""
     row = conn.execute(
         "select status, attempt from pgdurable.workflows where id = %s", (workflow_id,)
@@ -95,7 +76,7 @@ def run_state(conn: psycopg.Connection[Any], workflow_id: str) -> tuple[str, int
     return None if row is None else (row[0], row[1])
 
 
-def lease_expired(conn: psycopg.Connection[Any], workflow_id: str) -> bool:
+def lease_expired(conn: Conn, workflow_id: str) -> bool:
     return bool(scalar(
         conn,
         "select status = 'running' and lease_until < pgdurable.now() "
@@ -104,6 +85,6 @@ def lease_expired(conn: psycopg.Connection[Any], workflow_id: str) -> bool:
     ))
 
 
-def wait_lease_expired(conn: psycopg.Connection[Any], workflow_id: str) -> None:
+def wait_lease_expired(conn: Conn, workflow_id: str) -> None:
     wait_until(lambda: lease_expired(conn, workflow_id), timeout=15,
                what=f"the lease of {workflow_id!r} to expire")

@@ -1,5 +1,5 @@
-"""Support for the recovery fault tests: restarting PostgreSQL in immediate mode, a database on
-a server that may be restarted, and `pgdurable` worker / daemon processes.
+"""Restarting PostgreSQL in immediate mode for the recovery fault tests, and a database on a
+server that may be restarted.
 
 Restarting: the server's data directory comes from `show data_directory`. A Debian cluster
 (/var/lib/postgresql/MAJOR/NAME, as in CI) is restarted with `pg_ctlcluster`; any other local
@@ -17,58 +17,27 @@ from __future__ import annotations
 
 import atexit
 import functools
-import itertools
 import os
 import pwd
 import re
 import shlex
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from pgdurable.store import migrate
+from pgdurable.testing import database_dsn, unique_name
 
-HERE = Path(__file__).resolve().parent
-T = TypeVar("T")
 Conn = psycopg.Connection[Any]
-_counter = itertools.count()
-
-# The tables the apps/torture.py workflows write to.
-TORTURE_SCHEMA = """
-create table torture_business (
-    id bigserial primary key, n integer not null, pid integer not null);
-create table torture_effects (
-    id bigserial primary key, n integer not null, token text not null, pid integer not null,
-    at timestamptz not null default clock_timestamp());
-create table torture_holds (
-    id bigserial primary key, tag text not null, pid integer not null,
-    started timestamptz not null default clock_timestamp());
-create table torture_flags (tag text primary key);
-"""
-
-
-def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.02,
-               what: str = "the condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def connect(dsn: str, timeout: float = 60.0) -> Conn:
@@ -178,10 +147,10 @@ def private_server() -> str:
 def restartable_database(schema: str = "") -> Iterator[tuple[str, Callable[[], float]]]:
     """A fresh migrated database on a server that may be restarted, and its restart function."""
     base = os.environ.get("PGDURABLE_TEST_DSN") or private_server()
-    name = f"pgd_restart_{os.getpid()}_{next(_counter)}"
+    name = unique_name("pgd_restart")
     with connect(base) as conn:
         conn.execute(f"create database {name}")
-    dsn = make_conninfo(base, dbname=name)
+    dsn = database_dsn(base, name)
     try:
         with connect(dsn) as conn:
             migrate.migrate(conn)
@@ -191,83 +160,3 @@ def restartable_database(schema: str = "") -> Iterator[tuple[str, Callable[[], f
     finally:
         with connect(base) as conn:
             conn.execute(f"drop database if exists {name} with (force)")
-
-
-# -- processes ------------------------------------------------------------------------------------
-
-
-class Proc:
-    """A `python -m pgdurable.cli ...` process (cwd tests/faults) whose output goes to files,
-    readable while it runs. Its sessions carry application_name `label`."""
-
-    def __init__(self, dsn: str, logdir: Path, label: str, *args: str, **env: str) -> None:
-        self.label = label
-        self.out_path = logdir / f"{label}.out"
-        self.err_path = logdir / f"{label}.err"
-        self._out = self.out_path.open("a")
-        self._err = self.err_path.open("a")
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PGDURABLE")}
-        full_env.update({"PGDURABLE_DSN": dsn, "PYTHONUNBUFFERED": "1", "PGAPPNAME": label,
-                         "PYTHONPATH": str(HERE), **env})
-        self.proc = subprocess.Popen([sys.executable, "-m", "pgdurable.cli", *args], cwd=HERE,
-                                     env=full_env, stdout=self._out, stderr=self._err,
-                                     stdin=subprocess.DEVNULL)
-        self.pid = self.proc.pid
-
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-    def stdout(self) -> str:
-        return self.out_path.read_text()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """kill -9: no cleanup, no lease release, nothing."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        assert self.proc.returncode == -signal.SIGKILL
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self._out.close()
-        self._err.close()
-
-
-@contextmanager
-def processes() -> Iterator[list[Proc]]:
-    """Collects processes and kills any still alive when the test ends."""
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for proc in started:
-            proc.close()
-
-
-def worker(dsn: str, logdir: Path, label: str, *args: str, **env: str) -> Proc:
-    """A `pgdurable worker apps.torture:app` process."""
-    return Proc(dsn, logdir, label, "worker", "apps.torture:app", *args, **env)
-
-
-def wait_for_holder(conn: Conn, key: int, timeout: float = 60.0, interval: float = 0.02) -> str:
-    """Wait until some session holds advisory lock `key`; its application_name."""
-    name = wait_until(lambda: holder_of(conn, key), timeout=timeout, interval=interval,
-                      what="a holder of the lock")
-    assert name is not None
-    return name
-
-
-def holder_of(conn: Conn, key: int) -> str | None:
-    """application_name of the session holding advisory lock `key` in this database."""
-    row = conn.execute(
-        "select a.application_name from pg_locks l join pg_stat_activity a using (pid) "
-        "where l.locktype = 'advisory' and l.granted and l.classid = %s and l.objid = %s "
-        "and l.objsubid = 1 "
-        "and l.database = (select oid from pg_database where datname = current_database())",
-        (key >> 32, key & 0xFFFFFFFF),
-    ).fetchone()
-    return None if row is None else str(row[0])
