@@ -1,5 +1,6 @@
-"""Fixtures of the SQL race tests, written as explicit interleavings (tests/support/interleave.py):
-the first owner's connection (clock at T0) and the observer of the interleaving."""
+"""Fixtures of the SQL-level tests: a connection with the clock at T0, and for the races, written
+as explicit interleavings (tests/support/interleave.py), the first owner's connection and the
+observer of the interleaving."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.interleave import Interleaving
-from tests.support.sql import T0, Conn
+from tests.support.sql import T0, Conn, set_now
+
+
+@pytest.fixture
+def db(conn: Conn) -> Conn:
+    """The test database's autocommit connection, its clock at T0."""
+    set_now(conn, T0)
+    return conn
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from tests.support.sql import (
     NO_INPUTS,
     T0,
+    Conn,
     at,
     call,
     claim_one,
@@ -31,14 +32,6 @@ from tests.support.sql import (
     tick_id,
     workflow,
 )
-
-Conn = psycopg.Connection[Any]
-
-
-@pytest.fixture
-def db(conn: Conn) -> Conn:
-    set_now(conn, at(0))
-    return conn
 
 
 def matches(conn: Conn, name: str, tick: datetime) -> bool:

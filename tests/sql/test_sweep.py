@@ -5,12 +5,12 @@ moved with `pgdurable.now`, so nothing here sleeps."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support.sql import (
+    Conn,
     at,
     call,
     claim,
@@ -30,15 +30,8 @@ from tests.support.sql import (
     workflow,
 )
 
-Conn = psycopg.Connection[Any]
 COUNT_KEYS = {"requeued", "dead_lettered", "woken_queues", "scheduled", "schedule_errors",
               "purged"}
-
-
-@pytest.fixture
-def db(conn: Conn) -> Conn:
-    set_now(conn, at(0))
-    return conn
 
 
 def claimed_and_expired(conn: Conn, wid: str, *, queue: str = "default", worker: str = "w-a",

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from tests.support.sql import (
+    Conn,
     at,
     call,
     claim,
@@ -23,14 +24,6 @@ from tests.support.sql import (
     sweep,
     workflow,
 )
-
-Conn = psycopg.Connection[Any]
-
-
-@pytest.fixture
-def db(conn: Conn) -> Conn:
-    set_now(conn, at(0))
-    return conn
 
 
 def sleep_step(conn: Conn, wid: str, epoch: int, step_no: int, seconds: float | None
