@@ -5,7 +5,8 @@ windows are tested at exact instants without sleeping.
 
 Most tests run inside one transaction on a database shared by this module and roll it back at
 the end (cloning a database per test would dominate the runtime); expected errors run in
-savepoints. Tests that need commits (NOTIFY, concurrent claimers) get a fresh database.
+savepoints. Tests that need commits (NOTIFY, concurrent claimers) get a fresh database; races
+between two claimers are written as explicit interleavings (tests/support/interleave.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
+from tests.support.interleave import Interleaving
 from tests.support.sql import (
     T0,
     Conn,
@@ -211,6 +213,35 @@ def test_global_concurrency_holds_under_simultaneous_claims(dsn: str, live: Conn
     claimed = [wid for r in results for wid in r]
     assert len(claimed) == 5 and len(set(claimed)) == 5
     assert running(conn, "q") == 5
+
+
+def test_a_claim_of_a_limited_queue_waits_for_one_in_flight_and_counts_its_runs(
+    live: Conn, interleave: Interleaving
+) -> None:
+    declare(live, "q", concurrency=3)
+    for i in range(5):
+        enqueue(live, "q", id=f"r{i}")
+    a = interleave.session(T0)
+    with a.transaction():  # a: begin; claim two (holding the queue's row)
+        assert claim_ids(a, "w1", "q", 2) == ["r0", "r1"]
+        b = interleave.waits(lambda c: claim_ids(c, "w2", "q", 5), now=T0)  # b: claim, waits
+        assert b.running
+    assert b.join() == ["r2"]  # a committed: b counts a's two runs, one slot is left
+    assert running(live, "q") == 3
+
+
+def test_claims_of_an_unlimited_queue_skip_the_runs_one_in_flight_takes(
+    live: Conn, interleave: Interleaving
+) -> None:
+    declare(live, "q")
+    for i in range(4):
+        enqueue(live, "q", id=f"r{i}")
+    a, b = interleave.session(T0), interleave.session(T0)
+    with a.transaction():  # a: begin; claim two
+        assert claim_ids(a, "w1", "q", 2) == ["r0", "r1"]
+        assert claim_ids(b, "w2", "q", 5) == ["r2", "r3"]  # b: does not wait, skips a's rows
+    assert claim_ids(b, "w2", "q", 5) == []  # a committed: nothing is claimed twice
+    assert running(live, "q") == 4
 
 
 def test_worker_concurrency_caps_runs_per_worker(conn: Conn) -> None:

@@ -1,5 +1,6 @@
 """Cron schedules in SQL: declaring, matching a minute in a time zone, and firing each tick
-exactly once (skipping or catching up missed ticks), also with two sweepers at once."""
+exactly once (skipping or catching up missed ticks), also with two sweepers at once: stepped
+through explicit interleavings, and released together minute after minute."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from tests.support.interleave import Interleaving
 from tests.support.sql import (
     NO_INPUTS,
     T0,
@@ -259,6 +261,33 @@ def test_a_schedule_that_cannot_fire_does_not_stop_recovery(db: Conn) -> None:
 
 
 # -- several sweepers -----------------------------------------------------------------------------
+
+
+def test_a_sweeper_skips_the_schedules_one_in_flight_fires_and_then_finds_none_due(
+    db: Conn, interleave: Interleaving
+) -> None:
+    declare_schedule(db, "s", "* * * * *")
+    a, b = interleave.session(minute(1)), interleave.session(minute(1))
+    with a.transaction():  # a: begin; fire the minute-1 tick (holding the schedule's row)
+        assert fire(a) == 1
+        assert fire(b) == 0  # b: does not wait, skips the schedule a holds
+    assert fire(b) == 0  # a committed: the tick is done
+    assert scheduled_ids(db) == [tick_id("s", minute(1))]
+    assert last_tick(db, "s") == minute(1)
+
+
+def test_a_recover_sweep_waits_for_one_in_flight_and_fires_nothing_twice(
+    db: Conn, interleave: Interleaving
+) -> None:
+    declare_schedule(db, "s", "* * * * *")
+    assert sweep(db)["scheduled"] == 0  # the first sweep: its row now exists, to be locked
+    a = interleave.session(minute(1))
+    with a.transaction():  # a: begin; sweep (holding the sweep row), fires the tick
+        assert sweep(a)["scheduled"] == 1
+        b = interleave.waits(sweep, now=minute(1))  # b: sweep, waits for a
+        assert b.running
+    assert b.join()["scheduled"] == 0  # a committed: the tick is not fired again
+    assert scheduled_ids(db) == [tick_id("s", minute(1))]
 
 
 @pytest.mark.parametrize("entry", ["fire_schedules", "recover_sweep"])

@@ -26,7 +26,8 @@ import pytest
 
 from .sql import Conn, set_now
 
-LOCK_TIMEOUT = "30s"
+LOCK_TIMEOUT = "30s"  # for a statement expected to wait
+SESSION_LOCK_TIMEOUT = "10s"  # for one that must not: it fails instead of hanging
 
 
 class Blocked:
@@ -104,7 +105,7 @@ class Interleaving:
         that must not wait: one that does fails after the lock timeout."""
         conn: Conn = psycopg.connect(self.dsn, autocommit=True)
         self._sessions.append(conn)
-        conn.execute(f"set lock_timeout = '{LOCK_TIMEOUT}'")
+        conn.execute(f"set lock_timeout = '{SESSION_LOCK_TIMEOUT}'")
         if now is not None:
             set_now(conn, now)
         return conn
