@@ -12,6 +12,7 @@ from pgdurable.api.testing import (
     Clock,
     CrashNotReached,
     SimulatedCrash,
+    TemplateSetup,
     crash_at_step,
     create_database,
     create_template,
@@ -26,6 +27,7 @@ __all__ = [
     "Clock",
     "CrashNotReached",
     "SimulatedCrash",
+    "TemplateSetup",
     "crash_at_step",
     "create_database",
     "create_template",
@@ -44,4 +46,5 @@ if "pytest" in sys.modules:  # loaded as a pytest plugin: the fixtures are modul
         pgdurable_dsn,
         pgdurable_server_dsn,
         pgdurable_template,
+        pgdurable_template_setup,
     )

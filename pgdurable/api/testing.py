@@ -5,7 +5,8 @@ with pytest under that name). Fixtures:
 
 - `pgdurable_server_dsn` (session): the server test databases live on: `PGDURABLE_TEST_DSN`,
   else the embedded PostgreSQL with its data under `<rootdir>/.pgdurable/test/pg`.
-- `pgdurable_template` (session): a database migrated once per session, used as a template.
+- `pgdurable_template` (session): a database migrated once per session, used as a template;
+  override `pgdurable_template_setup` to add your own schema to it.
 - `pgdurable_dsn`: a fresh database cloned from the template for each test, dropped after it.
 - `pgdurable_bind`: `pgdurable_bind(app)` points an App (yours, with its workflows) at the
   test's database and closes it after the test; `pgdurable_app` is a new bound App.
@@ -35,7 +36,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import psycopg
 from psycopg import sql
@@ -99,12 +100,18 @@ def create_database(server: str, name: str, *, template: str | None = None) -> s
     return database_dsn(server, name)
 
 
-def create_template(server: str, name: str) -> str:
-    """Create database `name` with the pgdurable schema, marked as a template that accepts no
-    connections (so cloning it never waits for a session left open on it). Returns its DSN."""
+TemplateSetup = Callable[[psycopg.Connection[Any]], None]
+
+
+def create_template(server: str, name: str, setup: TemplateSetup | None = None) -> str:
+    """Create database `name` with the pgdurable schema (then `setup(conn)`, for a schema of
+    your own), marked as a template that accepts no connections (so cloning it never waits for
+    a session left open on it). Returns its DSN."""
     dsn = create_database(server, name)
     with psycopg.connect(dsn, autocommit=True) as conn:
         migrate.migrate(conn)
+        if setup is not None:
+            setup(conn)
     with _admin(server) as conn:
         conn.execute(sql.SQL("alter database {} with is_template true allow_connections false")
                      .format(sql.Identifier(name)))
@@ -240,7 +247,7 @@ class _Plan:
         return (self.epoch is None and ctx.workflow_id == self.workflow_id
                 and ctx.next_step_no - 1 == self.step)
 
-    def crash(self, ctx: WorkflowContext, name: str) -> None:
+    def crash(self, ctx: WorkflowContext, name: str) -> NoReturn:
         self.epoch = ctx.epoch
         self.crashed.set()
         raise SimulatedCrash(
@@ -259,11 +266,9 @@ def _crashing_body(plan: _Plan, name: str, fn: Callable[..., Any]) -> Callable[.
             return fn(*args, **kwargs)
         token = _in_crashing_step.set(True)  # steps it calls are plain calls
         try:
-            if plan.when == "before":
-                plan.crash(ctx, name)
-            result = fn(*args, **kwargs)
+            if plan.when == "after":
+                fn(*args, **kwargs)
             plan.crash(ctx, name)
-            return result  # pragma: no cover - crash() raises
         finally:
             _in_crashing_step.reset(token)
 
@@ -298,12 +303,12 @@ def crash_at_step(
 
     Steps are numbered from 0 in call order, as pgdurable numbers them: steps, transaction
     steps and durable sleeps each take a number. The crash happens in the body of step `step`
-    (a step or transaction step that was not recorded yet): `when="before"` it runs, or
-    `"after"` it ran but before its checkpoint is written, so the replay runs it again (a
-    transaction step's writes roll back). Nothing of the crashed execution is recorded;
-    steps 0..step-1 are replayed from their checkpoints, not run again. An at-most-once step
-    records its intent before its body, so a crash in it makes the replay raise
-    StepOutcomeUnknown there, as a real crash would.
+    (a step or transaction step that was not recorded yet): with `when="before"` before the
+    body runs, with `"after"` once it ran but before its checkpoint is written, so the replay
+    runs it again (a transaction step's writes roll back). Nothing of the crashed execution is
+    recorded; steps 0..step-1 are replayed from their checkpoints, not run again. An
+    at-most-once step records its intent before its body, so a crash in it makes the replay
+    raise StepOutcomeUnknown there, as a real crash would.
 
     The continuation is a takeover with a new epoch, as after a crash in production: the
     crashed execution's lease is expired and the run taken over (by another process first,
@@ -364,10 +369,17 @@ if TYPE_CHECKING or "pytest" in sys.modules:  # pytest is loading us: define the
         return server_dsn(request.config.rootpath / ".pgdurable" / "test" / "pg")
 
     @pytest.fixture(scope="session")
-    def pgdurable_template(pgdurable_server_dsn: str) -> Iterator[str]:
+    def pgdurable_template_setup() -> TemplateSetup | None:
+        """Override (session scope) to return `setup(conn)`: it runs once per session on the
+        template after the migrations, so every test database has your tables too."""
+        return None
+
+    @pytest.fixture(scope="session")
+    def pgdurable_template(pgdurable_server_dsn: str,
+                           pgdurable_template_setup: TemplateSetup | None) -> Iterator[str]:
         """The name of this session's migrated template database."""
         name = unique_name("pgd_tmpl")
-        create_template(pgdurable_server_dsn, name)
+        create_template(pgdurable_server_dsn, name, pgdurable_template_setup)
         yield name
         drop_database(pgdurable_server_dsn, name)
 

@@ -105,6 +105,32 @@ def test_the_session_template_and_the_test_databases_are_dropped(
     assert databases() - before == set()
 
 
+def test_the_template_setup_fixture_adds_the_users_schema_to_every_test_database(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, server_dsn: str
+) -> None:
+    monkeypatch.setenv("PGDURABLE_TEST_DSN", server_dsn)
+    pytester.makeconftest("""
+import pytest
+
+@pytest.fixture(scope="session")
+def pgdurable_template_setup():
+    return lambda conn: conn.execute("create table orders (id text primary key)")
+""")
+    pytester.makepyfile(test_schema="""
+import psycopg
+
+def test_one(pgdurable_dsn):
+    with psycopg.connect(pgdurable_dsn, autocommit=True) as conn:
+        conn.execute("insert into orders values ('a')")
+
+def test_two(pgdurable_dsn):
+    with psycopg.connect(pgdurable_dsn) as conn:
+        assert conn.execute("select count(*) from orders").fetchone() == (0,)
+        assert conn.execute("select count(*) from pgdurable.migrations").fetchone()[0] > 0
+""")
+    pytester.runpytest("-p", "no:cacheprovider", "-q").assert_outcomes(passed=2)
+
+
 def test_the_module_imports_without_pytest() -> None:
     code = ("import sys; import pgdurable.testing as t; "
             "assert 'pytest' not in sys.modules, 'pytest was imported'; "
