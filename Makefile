@@ -26,8 +26,9 @@ test-faults: $(STAMP)
 	$(BIN)/pytest -m slow tests/faults
 
 lint: $(STAMP)
-	$(BIN)/ruff check pgdurable bench tests examples
+	$(BIN)/ruff check pgdurable bench tests examples tools
 	$(BIN)/mypy
+	$(BIN)/mypy tools
 
 clean:
 	-$(BIN)/pgdurable dev --stop

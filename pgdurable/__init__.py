@@ -11,6 +11,7 @@ from pgdurable.api.decorators import (
 )
 from pgdurable.api.handles import StepInfo, WorkflowHandle, WorkflowInfo
 from pgdurable.api.queues import Queue, RateLimit
+from pgdurable.api.worker import Worker
 from pgdurable.core.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -31,8 +32,8 @@ from pgdurable.core.errors import (
     WorkflowNotFound,
 )
 from pgdurable.runtime.context import workflow_id
+from pgdurable.runtime.recovery import RecoveryDaemon, RecoverySettings
 from pgdurable.runtime.sleeping import sleep
-from pgdurable.runtime.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,8 @@ __all__ = [
     "PgDurableError",
     "Queue",
     "RateLimit",
+    "RecoveryDaemon",
+    "RecoverySettings",
     "RegistrationError",
     "RetryPolicy",
     "SchemaError",

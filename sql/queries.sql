@@ -1,6 +1,6 @@
 -- Every statement the Python library sends. Each block starts with `-- name: <name>`; the
--- loader in pgdurable/queries.py turns this file into a dict. State changes are calls of the
--- functions in migrations/; the rest are reads.
+-- loader in pgdurable/store/sql.py turns this file into a dict. State changes are calls of the
+-- functions defined in functions/; the rest are reads.
 
 -- name: migrations_bootstrap
 create schema if not exists pgdurable;
@@ -20,6 +20,17 @@ select version, name, sha256 from pgdurable.migrations order by version
 
 -- name: migrations_record
 insert into pgdurable.migrations (version, name, sha256) values (%(version)s, %(name)s, %(sha256)s)
+
+-- name: repeatables_applied
+select name, sha256 from pgdurable.repeatables order by name
+
+-- name: repeatables_record
+insert into pgdurable.repeatables (name, sha256) values (%(name)s, %(sha256)s)
+on conflict (name) do update set sha256 = excluded.sha256, applied_at = excluded.applied_at
+
+-- name: repeatables_forget
+-- The records of function files this pgdurable no longer ships (renamed or merged).
+delete from pgdurable.repeatables where not (name = any(%(names)s::text[]))
 
 -- name: migrations_table_exists
 select to_regclass('pgdurable.migrations') is not null as present
@@ -63,11 +74,13 @@ select pg_xact_status(%(xact_id)s::xid8) as status
 
 -- name: get_workflow
 select id, name, status, inputs, output, error, attempt, owner, lease_until, available_at,
+       case when status = 'pending' then waiting_for end as waiting_for,
        created_at, started_at, finished_at, updated_at
   from pgdurable.workflows where id = %(id)s
 
 -- name: list_workflows
 select id, name, status, inputs, output, error, attempt, owner, lease_until, available_at,
+       case when status = 'pending' then waiting_for end as waiting_for,
        created_at, started_at, finished_at, updated_at
   from pgdurable.workflows
  where (%(status)s::text is null or status = %(status)s::text)
@@ -151,7 +164,10 @@ select wake_at, remaining_seconds
   from pgdurable.sleep_step(%(id)s, %(epoch)s, %(step_no)s, %(seconds)s)
 
 -- name: suspend
-select pgdurable.suspend(%(id)s, %(epoch)s, %(until)s)
+select pgdurable.suspend(%(id)s, %(epoch)s, %(until)s::timestamptz, %(wait_for)s::text)
+
+-- name: wake
+select pgdurable.wake(%(id)s, %(condition)s) as woken
 
 -- name: commit_many
 select kind, ord, status, output, error, inserted, sqlstate, message

@@ -1,76 +1,56 @@
-"""`App`: the registry of workflows and steps, and the entry points to start and manage runs."""
+"""`App`: what a pgdurable application is: where its database is, what it registers, its
+lifecycle, and starting and continuing runs. Reading and steering runs is the admin surface
+(`app.admin`, api/admin.py); the App keeps its methods under their familiar names."""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
-import sys
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 import psycopg
 
-from pgdurable.api.decorators import (
-    RetryPolicy,
-    StepFunction,
-    TransactionFunction,
-    WorkflowFunction,
-)
+from pgdurable.api.admin import Admin
+from pgdurable.api.decorators import StepFunction, TransactionFunction, WorkflowFunction
 from pgdurable.api.handles import StepInfo, WorkflowHandle, WorkflowInfo
 from pgdurable.api.queues import Queue, RateLimit
 from pgdurable.api.schedules import Schedule, declare_all
-from pgdurable.core.errors import (
-    InvalidArgument,
-    RegistrationError,
-    SerializationError,
-)
+from pgdurable.core.definitions import Registry, RetryPolicy, default_name
+from pgdurable.core.errors import InvalidArgument, RegistrationError, SerializationError
 from pgdurable.dev.config import resolve_dsn
+from pgdurable.runtime.bundle import Runtime
 from pgdurable.runtime.executor import Executor
+from pgdurable.runtime.recovery import RecoveryDaemon, RecoverySettings
 from pgdurable.store import migrate
+from pgdurable.store.calls import Store
 from pgdurable.store.completions import Completions
-from pgdurable.store.database import Database, jsonb
+from pgdurable.store.database import Database
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-
-def default_name(fn: Callable[..., Any]) -> str:
-    """`module.qualname`; for a script run as __main__, the script's file stem stands in for
-    the module, so the name is the same when another process imports the file."""
-    module = fn.__module__
-    if module == "__main__":
-        main = sys.modules["__main__"]
-        spec = getattr(main, "__spec__", None)
-        if spec is not None and spec.name:
-            module = spec.name
-        elif getattr(main, "__file__", None):
-            module = Path(main.__file__ or "main").stem
-    return f"{module}.{fn.__qualname__}"
+__all__ = ["App", "AppRegistry", "default_name"]
 
 
 @dataclass
-class Registry:
-    workflows: dict[str, WorkflowFunction[Any, Any]] = field(default_factory=dict)
-    steps: dict[str, StepFunction[Any, Any] | TransactionFunction[Any, Any]] = field(
-        default_factory=dict
-    )
+class AppRegistry(Registry[WorkflowFunction[Any, Any],
+                           StepFunction[Any, Any] | TransactionFunction[Any, Any]]):
+    """The App's workflows and steps, and the queues and schedules it declares."""
+
     queues: dict[str, Queue] = field(default_factory=dict)
     schedules: dict[str, Schedule] = field(default_factory=dict)
 
-    def claim_name(self, name: str, kind: str, fn: Callable[..., Any] | None = None) -> None:
-        if fn is not None and (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
-            raise RegistrationError(
-                f"{kind} {name!r} is an async function: pgdurable runs plain functions only "
-                "for now (call your async code with asyncio.run inside a plain step)"
-            )
-        if name in self.workflows or name in self.steps:
-            raise RegistrationError(
-                f"{kind} name {name!r} is already registered; pass name=... to tell them apart"
-            )
+
+@dataclass(frozen=True)
+class _Connected:
+    """What exists once the App has connected (and is gone again after `close`)."""
+
+    runtime: Runtime
+    executor: Executor
 
 
 class App:
@@ -105,50 +85,65 @@ class App:
         self.lease_seconds = float(lease_seconds)
         self.heartbeat_seconds = float(heartbeat)
         self.auto_migrate = auto_migrate
-        self.registry = Registry()
+        self.registry = AppRegistry()
         self._pool_size = pool_size
-        self._db: Database | None = None
-        self._executor: Executor | None = None
-        self._completions: Completions | None = None
         self._max_threads = max_threads
+        self._connected: _Connected | None = None
         self._open_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def use_dsn(self, dsn: str) -> None:
         """Point the App at another database (e.g. from a CLI option), before it connects."""
-        if self._db is not None:
+        if self._connected is not None:
             raise InvalidArgument("use_dsn() must be called before the App connects")
         self._dsn = dsn
 
     @property
+    def connected(self) -> bool:
+        return self._connected is not None
+
+    @property
+    def runtime(self) -> Runtime:
+        """What executions are given (pool, SQL calls, group commit, lease settings); the App
+        connects (and checks the schema) on first use."""
+        return self._connect().runtime
+
+    @property
     def db(self) -> Database:
-        """The connection pool, opened (and the schema checked) on first use."""
-        if self._db is None:
-            with self._open_lock:
-                if self._db is None:
-                    self._db = self._open()
-        return self._db
+        """The connection pool."""
+        return self.runtime.db
+
+    @property
+    def store(self) -> Store:
+        """The SQL calls, on pooled connections."""
+        return self.runtime.store
 
     @property
     def completions(self) -> Completions:
-        """Group commit of finished runs (see completions.py)."""
-        if self._completions is None:
-            db = self.db
-            with self._open_lock:
-                if self._completions is None:
-                    self._completions = Completions(db)
-        return self._completions
+        """Group commit of step checkpoints and run endings (store/completions.py)."""
+        return self.runtime.completions
 
     @property
     def executor(self) -> Executor:
-        if self._executor is None:
-            with self._open_lock:
-                if self._executor is None:
-                    self._executor = Executor(self, max_threads=self._max_threads)
-        return self._executor
+        """The threads running this process's executions."""
+        return self._connect().executor
 
-    def _open(self) -> Database:
+    @property
+    def admin(self) -> Admin:
+        """Reading and steering runs, queues and schedules (api/admin.py)."""
+        return Admin(self.store)
+
+    def _connect(self) -> _Connected:
+        connected = self._connected
+        if connected is None:
+            with self._open_lock:
+                connected = self._connected
+                if connected is None:
+                    connected = self._connected = self._open()
+        return connected
+
+    def _open(self) -> _Connected:
         db = Database(resolve_dsn(self._dsn), max_size=self._pool_size)
         db.open()
         try:
@@ -158,29 +153,34 @@ class App:
                 migrate.check_schema(conn)
                 for queue in self.registry.queues.values():
                     queue.declare(conn=conn)
-                declare_all(self, conn)
+                declare_all(self.registry.schedules.values(), conn)
         except BaseException:
             db.close()
             raise
-        return db
+        runtime = Runtime(db=db, store=Store(db), completions=Completions(db),
+                          lease_seconds=self.lease_seconds,
+                          heartbeat_seconds=self.heartbeat_seconds)
+        return _Connected(runtime, Executor(runtime, max_threads=self._max_threads))
 
     def close(self, wait: bool = True) -> None:
         """Stop local executions' threads (waiting for them with `wait`) and close the pool."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=wait)
-            self._executor = None
-        if self._completions is not None:
-            self._completions.close()
-            self._completions = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        connected, self._connected = self._connected, None
+        if connected is not None:
+            connected.executor.shutdown(wait=wait)
+            connected.runtime.completions.close()
+            connected.runtime.db.close()
 
     def __enter__(self) -> App:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def recovery(self, settings: RecoverySettings | None = None) -> RecoveryDaemon:
+        """A recovery daemon for this App's database, to run in this process:
+        `app.recovery().start()` serves in a background thread (stop it with `.stop()`);
+        `.run()` serves in the calling thread. Several may run anywhere; one leads."""
+        return RecoveryDaemon(self.db.dsn, settings)
 
     # -- registration ----------------------------------------------------------------------
 
@@ -285,7 +285,7 @@ class App:
                       rate_limit=rate_limit, partition_concurrency=partition_concurrency,
                       max_recoveries=max_recoveries)
         self.registry.queues[name] = queue
-        if self._db is not None:
+        if self.connected:
             queue.declare()
         return queue
 
@@ -313,9 +313,8 @@ class App:
             )
         schedule = Schedule.build(name, cron, self.resolve(fn), args, kwargs, queue=queue,
                                   timezone=timezone, catch_up=catch_up)
-        if self._db is not None:  # connected: store it first, keep it only if that worked
-            with self.db.connection() as conn:
-                schedule.declare(conn)
+        if self.connected:  # store it first, keep it only if that worked
+            schedule.declare(self.store)
         self.registry.schedules[name] = schedule
         return schedule
 
@@ -396,20 +395,16 @@ class App:
             raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
         wid = workflow_id or str(uuid.uuid4())
         executor = self.executor
-        row = self.db.fetch_one(
-            "start_workflow",
-            {"id": wid, "name": wf.name, "inputs": jsonb(inputs), "owner": executor.worker_id,
-             "lease_seconds": self.lease_seconds},
-            conn=conn,
-        )
-        assert row is not None
-        xact = row["xact_id"] if conn is not None else None
-        if row["started"]:
+        started = self.store.on(conn).start_workflow(wid, wf.name, inputs, executor.worker_id,
+                                                     self.lease_seconds)
+        xact = started.xact_id if conn is not None else None
+        if started.execution is not None:
             # Epoch 1 is a run's first execution ever: it has no checkpoints to load. (Created
             # on the caller's connection, the run may still vanish with a rolled-back
             # savepoint: there load_steps also checks that it exists before anything runs.)
-            executor.submit(wf, wid, row["epoch"], row["inputs"], after_xact=xact,
-                            has_steps=row["epoch"] > 1 or conn is not None)
+            has_steps = started.execution.epoch > 1 or conn is not None
+            executor.submit(wf, dataclasses.replace(started.execution, has_steps=has_steps),
+                            after_xact=xact)
         return WorkflowHandle(self, wid, created_in_xact=xact)
 
     def resolve(self, fn: WorkflowFunction[Any, R] | str) -> WorkflowFunction[Any, R]:
@@ -431,7 +426,7 @@ class App:
             f"not {fn!r}"
         )
 
-    # -- managing runs ---------------------------------------------------------------------
+    # -- continuing runs -------------------------------------------------------------------
 
     def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
         """A handle on an existing run (WorkflowNotFound if there is none)."""
@@ -451,73 +446,47 @@ class App:
                 "resume it from a process that imports it, or `pgdurable workflows resume` "
                 "it without --app to put it back on its queue"
             )
-        row = self.db.fetch_one(
-            "resume",
-            {"id": workflow_id, "owner": self.executor.worker_id,
-             "lease_seconds": self.lease_seconds},
-        )
-        if row is not None:
-            self.executor.submit(wf, workflow_id, row["epoch"], row["inputs"])
+        execution = self.store.resume(workflow_id, self.executor.worker_id, self.lease_seconds)
+        if execution is not None:
+            self.executor.submit(wf, execution)
         return self.retrieve(workflow_id)
 
     def take_over(self, workflow_id: str) -> bool:
         """Continue a run here if its owner's lease expired (or it is pending). Returns whether
         this process took it; the SQL decides atomically, so racing processes cannot both."""
-        row = self.db.fetch_one(
-            "acquire",
-            {"id": workflow_id, "owner": self.executor.worker_id,
-             "lease_seconds": self.lease_seconds},
-        )
-        if row is None:
+        execution = self.store.acquire(workflow_id, self.executor.worker_id, self.lease_seconds)
+        if execution is None:
             return False
-        self.executor.submit(self.resolve(str(row["name"])), workflow_id, row["epoch"],
-                             row["inputs"])
+        self.executor.submit(self.resolve(execution.name), execution)
         return True
 
-    def cancel(self, workflow_id: str) -> str:
-        """Cancel a run that has not finished; its execution stops at its next checkpoint.
-        Returns the run's status afterwards."""
-        row = self.db.fetch_one("cancel", {"id": workflow_id})
-        assert row is not None
-        return str(row["status"])
+    # -- the admin surface under the App's own names (see api/admin.py) ------------------
+
+    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        return self.admin.get_workflow(workflow_id)
 
     def list_workflows(
         self, *, status: str | None = None, name: str | None = None, limit: int = 100
     ) -> list[WorkflowInfo]:
-        """The most recent runs first, optionally filtered by status and workflow name."""
-        if limit < 1:
-            raise InvalidArgument(f"limit must be >= 1, not {limit}")
-        rows = self.db.fetch_all(
-            "list_workflows", {"status": status, "name": name, "limit": limit}
-        )
-        return [WorkflowInfo.model_validate(r) for r in rows]
+        return self.admin.list_workflows(status=status, name=name, limit=limit)
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
-        """The recorded steps of a run, in order."""
-        return [StepInfo.model_validate(r) for r in self.db.fetch_all("list_steps",
-                                                                      {"id": workflow_id})]
+        return self.admin.list_steps(workflow_id)
+
+    def cancel(self, workflow_id: str) -> str:
+        return self.admin.cancel(workflow_id)
 
     def requeue(self, workflow_id: str) -> str:
-        """Put a failed, cancelled or abandoned run back on its queue for a worker to
-        continue from its checkpoints. Returns its status afterwards."""
-        row = self.db.fetch_one("requeue", {"id": workflow_id})
-        assert row is not None
-        return str(row["status"])
+        return self.admin.requeue(workflow_id)
 
     def queue_stats(self) -> list[dict[str, Any]]:
-        """Every queue in the database with its limits, paused flag, ready and running counts."""
-        return self.db.fetch_all("queue_stats")
+        return self.admin.queue_stats()
 
     def list_schedules(self) -> list[dict[str, Any]]:
-        """Every cron schedule stored in the database: expression, workflow, queue, time zone,
-        the last tick handled, and the error of the latest tick that could not fire."""
-        return self.db.fetch_all("list_schedules")
+        return self.admin.list_schedules()
 
     def pause_queue(self, name: str) -> None:
-        self.db.fetch_one("set_queue_paused", {"name": name, "paused": True})
+        self.admin.pause_queue(name)
 
     def resume_queue(self, name: str) -> None:
-        self.db.fetch_one("set_queue_paused", {"name": name, "paused": False})
-
-    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
-        return WorkflowHandle(self, workflow_id).info()
+        self.admin.resume_queue(name)

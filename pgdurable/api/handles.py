@@ -32,6 +32,8 @@ class WorkflowInfo(pydantic.BaseModel):
     owner: str | None = None
     lease_until: datetime | None = None
     available_at: datetime | None = None  # a pending run: claimable from then (delay, sleep)
+    # A suspended (pending) run: the condition it waits for ('sleep', ...); None otherwise.
+    waiting_for: str | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -134,14 +136,13 @@ class WorkflowHandle(Generic[R]):
         raise WorkflowFailed(self.workflow_id, info.error or {})
 
     def _try_info(self) -> WorkflowInfo | None:
-        row = self.app.db.fetch_one("get_workflow", {"id": self.workflow_id})
+        row = self.app.store.get_workflow(self.workflow_id)
         return None if row is None else WorkflowInfo.model_validate(row)
 
     def _creating_xact_status(self) -> str | None:
         if self._created_in_xact is None:
             return None
-        row = self.app.db.fetch_one("xact_status", {"xact_id": self._created_in_xact})
-        return None if row is None else row["status"]
+        return self.app.store.xact_status(self._created_in_xact)
 
     def _may_still_appear(self) -> bool:
         """True while the transaction that created the run is still open."""

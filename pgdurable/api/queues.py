@@ -10,11 +10,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from pgdurable.api.handles import WorkflowHandle
 from pgdurable.core.errors import InvalidArgument
-from pgdurable.store.database import jsonb, run_query
+from pgdurable.store.calls import Store
 
 if TYPE_CHECKING:
     from pgdurable.api.app import App
@@ -99,24 +98,14 @@ class Queue:
 
     def declare(self, conn: psycopg.Connection[Any] | None = None) -> None:
         """Write this queue's limits to the database (done automatically on connect)."""
-        calls = [("declare_queue", self._limits())]
+        # On `conn` while the App connects; else pooled, retried through a lost connection.
+        store = Store.of(conn) if conn is not None else self.app.store
+        rate = self.rate_limit
+        store.declare_queue(self.name, self.concurrency, self.worker_concurrency,
+                            rate.limit if rate else None, rate.per_seconds if rate else None,
+                            self.partition_concurrency)
         if self.max_recoveries is not None:
-            calls.append(("declare_queue_recoveries",
-                          {"name": self.name, "max_recoveries": self.max_recoveries}))
-        for name, params in calls:
-            if conn is not None:  # while the App connects (app.db is not there yet)
-                run_query(conn, name, params)
-            else:  # pooled, retried through a lost connection
-                self.app.db.fetch_one(name, params)
-
-    def _limits(self) -> dict[str, Any]:
-        return (
-            {"name": self.name, "concurrency": self.concurrency,
-             "worker_concurrency": self.worker_concurrency,
-             "rate_limit": self.rate_limit.limit if self.rate_limit else None,
-             "rate_period_seconds": self.rate_limit.per_seconds if self.rate_limit else None,
-             "partition_concurrency": self.partition_concurrency}
-        )
+            store.declare_queue_recoveries(self.name, self.max_recoveries)
 
     def enqueue(
         self,
@@ -148,19 +137,14 @@ class Queue:
             raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
         _check_key("dedup_key", dedup_key)
         _check_key("partition_key", partition_key)
-        row = self.app.db.fetch_one(
-            "enqueue",
+        run_id = self.app.store.on(conn).enqueue(
             # The id is chosen here, so a retried call after a lost connection is idempotent.
-            {"queue": self.name, "name": wf.name, "inputs": jsonb(inputs),
-             "id": workflow_id or str(uuid.uuid4()),
-             "priority": priority, "delay_seconds": _seconds("delay", delay),
-             "dedup_key": dedup_key, "partition_key": partition_key, "deadline": deadline,
-             "max_attempts": _positive("max_attempts", max_attempts) or wf.max_attempts,
-             "retry_backoff": wf.retry_backoff},
-            conn=conn,
-        )
-        assert row is not None
-        return WorkflowHandle(self.app, row["id"])
+            self.name, wf.name, inputs, workflow_id or str(uuid.uuid4()),
+            priority=priority, delay_seconds=_seconds("delay", delay), dedup_key=dedup_key,
+            partition_key=partition_key, deadline=deadline,
+            max_attempts=_positive("max_attempts", max_attempts) or wf.max_attempts,
+            retry_backoff=wf.retry_backoff)
+        return WorkflowHandle(self.app, run_id)
 
     def enqueue_many(
         self,
@@ -189,14 +173,9 @@ class Queue:
                     f"arguments, not {type(item).__name__}"
                 )
             runs.append((str(uuid.uuid4()), encode(tuple(item), {})))
-        # One JSON document for the whole batch: encoded in one call, sent as one parameter.
-        self.app.db.fetch_one(
-            "enqueue_many",
-            {"queue": self.name, "name": wf.name, "runs": Jsonb(runs),
-             "priority": priority, "delay_seconds": _seconds("delay", delay),
-             "partition_key": partition_key, "deadline": deadline,
-             "max_attempts": _positive("max_attempts", max_attempts) or wf.max_attempts,
-             "retry_backoff": wf.retry_backoff},
-            conn=conn,
-        )
+        self.app.store.on(conn).enqueue_runs(
+            self.name, wf.name, runs, priority=priority, delay_seconds=_seconds("delay", delay),
+            partition_key=partition_key, deadline=deadline,
+            max_attempts=_positive("max_attempts", max_attempts) or wf.max_attempts,
+            retry_backoff=wf.retry_backoff)
         return [WorkflowHandle(self.app, run_id) for run_id, _ in runs]

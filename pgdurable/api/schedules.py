@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -10,10 +11,9 @@ import psycopg
 
 from pgdurable.core import cron
 from pgdurable.core.errors import InvalidArgument
-from pgdurable.store.database import jsonb, run_query
+from pgdurable.store.calls import Store
 
 if TYPE_CHECKING:
-    from pgdurable.api.app import App
     from pgdurable.api.decorators import WorkflowFunction
 
 
@@ -42,18 +42,13 @@ class Schedule:
         return cls(name, cron.parse(expression), workflow, queue,
                    workflow.signature.encode_args(args, kwargs), timezone, bool(catch_up))
 
-    def declare(self, conn: psycopg.Connection[Any]) -> None:
-        s = self.spec
-        run_query(conn, "declare_schedule", {
-            "name": self.name, "cron": s.expression, "workflow_name": self.workflow.name,
-            "queue": self.queue, "inputs": jsonb(self.inputs), "timezone": self.timezone,
-            "catch_up": self.catch_up, "minutes": list(s.minutes), "hours": list(s.hours),
-            "days": list(s.days), "months": list(s.months), "weekdays": list(s.weekdays),
-            "days_restricted": s.days_restricted,
-            "weekdays_restricted": s.weekdays_restricted,
-        })
+    def declare(self, store: Store) -> None:
+        store.declare_schedule(self.name, self.spec, self.workflow.name, self.queue, self.inputs,
+                               self.timezone, self.catch_up)
 
 
-def declare_all(app: App, conn: psycopg.Connection[Any]) -> None:
-    for schedule in app.registry.schedules.values():
-        schedule.declare(conn)
+def declare_all(schedules: Iterable[Schedule], conn: psycopg.Connection[Any]) -> None:
+    """Store every schedule on `conn` (while the App connects)."""
+    store = Store.of(conn)
+    for schedule in schedules:
+        schedule.declare(store)

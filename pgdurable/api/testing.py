@@ -212,13 +212,10 @@ class Clock:
 def _reconnect(app: App) -> None:
     """Replace the connections of a connected App (and leave an unconnected one alone): new
     connections read the database's session defaults, such as `pgdurable.now`."""
-    db = app._db
-    if db is None:
+    if not app.connected:
         return
-    db.pool.drain()  # idle connections now, the others when they come back
-    completions = app._completions
-    if completions is not None:  # the group commit keeps one checked out
-        completions.release_connection()
+    app.db.pool.drain()  # idle connections now, the others when they come back
+    app.completions.release_connection()  # the group commit keeps one checked out
 
 
 # -- crashing a workflow at a step ----------------------------------------------------------------

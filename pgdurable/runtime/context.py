@@ -8,24 +8,15 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from pgdurable.api.app import App
-
-
-@dataclass(frozen=True)
-class RecordedStep:
-    step_no: int
-    name: str
-    status: str  # 'started' (at-most-once intent), 'done' or 'failed'
-    output: Any
-    error: dict[str, Any] | None
+from pgdurable.core.records import RecordedStep
+from pgdurable.runtime.bundle import Runtime
 
 
 @dataclass
 class WorkflowContext:
-    app: App
+    runtime: Runtime
     workflow_id: str
     epoch: int
     recorded: dict[int, RecordedStep] = field(default_factory=dict)

@@ -15,18 +15,16 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pgdurable.core.definitions import WorkflowDefinition
 from pgdurable.core.errors import DatabaseUnavailable, FencedError, WorkflowNotFound
+from pgdurable.core.records import Execution
 from pgdurable.core.serde import as_stored, error_record
 from pgdurable.runtime import context
+from pgdurable.runtime.bundle import Runtime
 from pgdurable.runtime.context import WorkflowContext
-from pgdurable.runtime.sleeping import Suspended
-from pgdurable.runtime.steps import load_recorded
-
-if TYPE_CHECKING:
-    from pgdurable.api.app import App
-    from pgdurable.api.decorators import WorkflowFunction
+from pgdurable.runtime.suspension import Suspended
 
 log = logging.getLogger("pgdurable.executor")
 
@@ -43,8 +41,8 @@ def new_worker_id() -> str:
 class Executor:
     """Runs the executions this process owns, each in a thread of its own pool."""
 
-    def __init__(self, app: App, *, max_threads: int) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, *, max_threads: int) -> None:
+        self.runtime = runtime
         self.worker_id = new_worker_id()
         self.max_threads = max_threads
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="pgdurable")
@@ -55,23 +53,19 @@ class Executor:
 
     def submit(
         self,
-        wf: WorkflowFunction[Any, Any],
-        workflow_id: str,
-        epoch: int,
-        inputs: dict[str, Any],
+        wf: WorkflowDefinition,
+        execution: Execution,
         *,
         after_xact: str | None = None,
-        has_steps: bool = True,
         suspendable: bool = False,
     ) -> Future[Outcome]:
         """Run an execution in the background. With `after_xact`, wait until that transaction
         (the caller's, which created the run) commits; if it rolls back, do nothing.
-        `has_steps=False` (a first execution) skips loading checkpoints. `suspendable` (a
-        worker's run): a long `pgdurable.sleep` suspends the run instead of waiting here."""
+        `suspendable` (a worker's run): a long `pgdurable.sleep` suspends the run instead of
+        waiting here."""
         self._ensure_heartbeat()
-        future = self._pool.submit(
-            self._run, wf, workflow_id, epoch, inputs, after_xact, has_steps, suspendable
-        )
+        workflow_id = execution.workflow_id
+        future = self._pool.submit(self._run, wf, execution, after_xact, suspendable)
         with self._lock:
             self._running[workflow_id] = future
         future.add_done_callback(lambda _: self._forget(workflow_id, future))
@@ -94,22 +88,14 @@ class Executor:
             if self._running.get(workflow_id) is future:
                 del self._running[workflow_id]
 
-    def _run(
-        self,
-        wf: WorkflowFunction[Any, Any],
-        workflow_id: str,
-        epoch: int,
-        inputs: dict[str, Any],
-        after_xact: str | None,
-        has_steps: bool,
-        suspendable: bool,
-    ) -> Outcome:
+    def _run(self, wf: WorkflowDefinition, execution: Execution, after_xact: str | None,
+             suspendable: bool) -> Outcome:
+        workflow_id = execution.workflow_id
         if after_xact is not None and not self._wait_for_commit(after_xact):
             log.info("workflow %s: the transaction that started it rolled back", workflow_id)
             return None
         try:
-            return execute(self.app, wf, workflow_id, epoch, inputs, has_steps=has_steps,
-                           suspendable=suspendable)
+            return execute(self.runtime, wf, execution, suspendable=suspendable)
         except (FencedError, WorkflowNotFound, DatabaseUnavailable) as exc:
             # Nothing recorded: if the run is still ours its lease expires and it is taken over.
             log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
@@ -123,8 +109,7 @@ class Executor:
         """Poll the creating transaction's fate. True once committed, False if rolled back."""
         delay = 0.001
         while not self._stop.is_set():
-            row = self.app.db.fetch_one("xact_status", {"xact_id": xact_id})
-            status = row["status"] if row else None
+            status = self.runtime.store.xact_status(xact_id)
             if status == "committed":
                 return True
             if status != "in progress":
@@ -142,31 +127,20 @@ class Executor:
                 self._heartbeat.start()
 
     def _beat(self) -> None:
-        period = self.app.heartbeat_seconds
+        period = self.runtime.heartbeat_seconds
         while not self._stop.wait(period):
             with self._lock:
                 ids = list(self._running)
             if not ids:
                 continue
             try:
-                self.app.db.fetch_one(
-                    "heartbeat",
-                    {"owner": self.worker_id, "ids": ids,
-                     "lease_seconds": self.app.lease_seconds},
-                )
+                self.runtime.store.heartbeat(self.worker_id, ids, self.runtime.lease_seconds)
             except Exception as exc:  # keep beating: the database may come back
                 log.warning("heartbeat failed: %s", exc)
 
 
 def execute(
-    app: App,
-    wf: WorkflowFunction[Any, Any],
-    workflow_id: str,
-    epoch: int,
-    inputs: dict[str, Any],
-    *,
-    has_steps: bool = True,
-    suspendable: bool = False,
+    runtime: Runtime, wf: WorkflowDefinition, execution: Execution, *, suspendable: bool = False
 ) -> Outcome:
     """Run (or replay) one execution of a workflow to the end and record how it ended, or
     until it suspends itself (a long durable sleep): the run is then back on its queue.
@@ -174,13 +148,14 @@ def execute(
     Raises FencedError if the run was taken over meanwhile; nothing is then recorded.
     Returns ("succeeded", name, output as stored) once a success is committed, else None.
     """
-    recorded = load_recorded(app, workflow_id, epoch) if has_steps else {}
-    ctx = WorkflowContext(app=app, workflow_id=workflow_id, epoch=epoch, recorded=recorded,
-                          suspendable=suspendable)
+    workflow_id, epoch = execution.workflow_id, execution.epoch
+    recorded = runtime.store.load_steps(workflow_id, epoch) if execution.has_steps else {}
+    ctx = WorkflowContext(runtime=runtime, workflow_id=workflow_id, epoch=epoch,
+                          recorded=recorded, suspendable=suspendable)
     token = context.activate(ctx)
     try:
         try:
-            args, kwargs = wf.signature.decode_args(inputs)
+            args, kwargs = wf.signature.decode_args(execution.inputs)
             output = wf.signature.encode_result(wf.fn(*args, **kwargs))
         except Suspended as suspended:
             log.debug("workflow %s: %s", workflow_id, suspended)
@@ -199,4 +174,4 @@ def execute(
 
 
 def _finish(ctx: WorkflowContext, status: str, output: Any, error: Any) -> None:
-    ctx.app.completions.finish(ctx.workflow_id, ctx.epoch, status, output, error)
+    ctx.runtime.completions.finish(ctx.workflow_id, ctx.epoch, status, output, error)

@@ -19,7 +19,8 @@ import psycopg
 
 from pgdurable.core.errors import ConfigurationError, InvalidArgument, SchemaError
 from pgdurable.store import migrate
-from pgdurable.store.database import connect, run_query
+from pgdurable.store.calls import Store
+from pgdurable.store.database import connect
 
 log = logging.getLogger("pgdurable.recovery")
 
@@ -45,15 +46,16 @@ class RecoverySettings:
 
 def sweep(conn: psycopg.Connection[Any], settings: RecoverySettings) -> dict[str, int]:
     """Run one bounded sweep and return its counts."""
-    rows = run_query(conn, "recover_sweep",
-                     {"limit": settings.limit, "retention_seconds": settings.retention_seconds})
-    counts: dict[str, int] = rows[0]["counts"]
-    return counts
+    return Store.of(conn).recover_sweep(settings.limit, settings.retention_seconds)
 
 
 class RecoveryDaemon:
     """Runs sweeps while it is the leader; stands by otherwise. Survives connection loss and
-    server restarts by reconnecting with backoff (stepping down meanwhile)."""
+    server restarts by reconnecting with backoff (stepping down meanwhile).
+
+    `run()` serves in the calling thread until `stop()`; `start()` serves in a background
+    thread instead (a service embedding its worker: `app.recovery().start()`, or
+    `Worker(app, recover=True)`)."""
 
     def __init__(self, dsn: str, settings: RecoverySettings | None = None) -> None:
         self.dsn = dsn
@@ -62,9 +64,29 @@ class RecoveryDaemon:
         self.sweeps = 0
         self.totals: dict[str, int] = {}
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def stop(self) -> None:
+    def start(self) -> RecoveryDaemon:
+        """Serve in a daemon thread of this process; returns self (stop it with `stop()`)."""
+        if self._thread is not None:
+            raise InvalidArgument("this recovery daemon was started already")
+        self._thread = threading.Thread(target=self._run_logged, name="pgdurable-recovery",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop serving (a leader releases its lock with its connection). Waits up to
+        `timeout` for a background thread started by `start()`."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except Exception:
+            log.exception("the recovery daemon stopped")
 
     def run(self) -> None:
         delay = 0.1
@@ -88,7 +110,7 @@ class RecoveryDaemon:
     def _serve(self, conn: psycopg.Connection[Any]) -> None:
         while not self._stop.is_set():
             if not self.is_leader:
-                self.is_leader = bool(run_query(conn, "recovery_leader_lock")[0]["leader"])
+                self.is_leader = Store.of(conn).recovery_leader_lock()
                 if self.is_leader:
                     log.info("recovery daemon is now the leader")
             if self.is_leader:

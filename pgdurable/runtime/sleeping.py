@@ -2,34 +2,28 @@
 
 The wake-up time is recorded as a step (on the database's clock), so an execution that replays
 the workflow after a crash waits only for what is left. A queued run (executed by a worker)
-whose sleep is longer than `SUSPEND_AFTER_SECONDS` is suspended instead: it goes back to its
-queue until the wake-up time and holds no worker slot, thread or process meanwhile. Shorter
-sleeps, and every sleep of a run started in-process with `app.start`, wait in the executing
-thread while the heartbeat keeps the lease.
+whose sleep is longer than `SUSPEND_AFTER_SECONDS` is suspended instead (runtime/suspension.py):
+it waits in the database until the wake-up time, holding no worker slot, thread or process.
+Shorter sleeps, and every sleep of a run started in-process with `app.start`, wait in the
+executing thread while the heartbeat keeps the lease.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from pgdurable.core.errors import InvalidArgument
 from pgdurable.runtime import context
 from pgdurable.runtime.steps import recorded_step
+from pgdurable.runtime.suspension import suspend
 
 # A worker's run sleeping longer than this is suspended (its slot goes to other runs).
 SUSPEND_AFTER_SECONDS = 5.0
 
-
-class Suspended(BaseException):
-    """Raised through the workflow body when its run was suspended until `wake_at`. A
-    BaseException, so that a workflow's `except Exception` does not swallow it."""
-
-    def __init__(self, workflow_id: str, wake_at: datetime) -> None:
-        super().__init__(f"workflow {workflow_id!r} suspended until {wake_at.isoformat()}")
-        self.workflow_id = workflow_id
-        self.wake_at = wake_at
+# The condition a sleeping run waits for, as shown in `workflows show` (woken by time only).
+SLEEP = "sleep"
 
 
 def sleep(seconds: float | timedelta) -> None:
@@ -44,16 +38,10 @@ def sleep(seconds: float | timedelta) -> None:
         return
     step_no = ctx.take_step_no()
     recorded_step(ctx, step_no, "pgdurable.sleep")  # NonDeterminismError if another step is
-    row = ctx.app.db.fetch_one(
-        "sleep_step",
-        {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "seconds": float(value)},
-    )
-    assert row is not None  # the function returns one row
-    remaining = float(row["remaining_seconds"])
+    wake_at, remaining = ctx.runtime.store.sleep_step(ctx.workflow_id, ctx.epoch, step_no,
+                                                      float(value))
     if remaining <= 0:
         return
     if ctx.suspendable and remaining > SUSPEND_AFTER_SECONDS:
-        ctx.app.db.fetch_one(
-            "suspend", {"id": ctx.workflow_id, "epoch": ctx.epoch, "until": row["wake_at"]})
-        raise Suspended(ctx.workflow_id, row["wake_at"])
+        suspend(ctx, until=wake_at, wait_for=SLEEP)
     time.sleep(remaining)

@@ -12,19 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
+from pgdurable.core.definitions import RetryPolicy, StepDefinition, TransactionDefinition
 from pgdurable.core.errors import NonDeterminismError, PgDurableError, StepOutcomeUnknown
+from pgdurable.core.records import RecordedStep
 from pgdurable.core.serde import as_stored, error_record, rebuild_exception
-from pgdurable.runtime.context import RecordedStep, WorkflowContext
+from pgdurable.runtime.context import WorkflowContext
 from pgdurable.store.completions import StepRecord
-from pgdurable.store.database import jsonb
-
-if TYPE_CHECKING:
-    from pgdurable.api.app import App
-    from pgdurable.api.decorators import RetryPolicy, StepFunction, TransactionFunction
 
 log = logging.getLogger("pgdurable.steps")
 
@@ -36,19 +33,15 @@ class _RecordedElsewhere(Exception):
         self.recorded = recorded
 
 
-def run_step(ctx: WorkflowContext, step: StepFunction[Any, Any], body: Callable[[], Any]) -> Any:
+def run_step(ctx: WorkflowContext, step: StepDefinition, body: Callable[[], Any]) -> Any:
     step_no = ctx.take_step_no()
     recorded = recorded_step(ctx, step_no, step.name)
     if recorded is not None:
         return _outcome(recorded, step)
     if step.at_most_once:
-        row = ctx.app.db.fetch_one(
-            "begin_step",
-            {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "name": step.name},
-        )
-        assert row is not None
-        if not row["is_new"]:
-            recorded = RecordedStep(step_no, step.name, row["status"], row["output"], row["error"])
+        recorded, is_new = ctx.runtime.store.begin_step(ctx.workflow_id, ctx.epoch, step_no,
+                                                        step.name)
+        if not is_new:
             return _outcome(recorded, step)
 
     try:
@@ -62,7 +55,7 @@ def run_step(ctx: WorkflowContext, step: StepFunction[Any, Any], body: Callable[
 
 def run_transaction(
     ctx: WorkflowContext,
-    step: TransactionFunction[Any, Any],
+    step: TransactionDefinition,
     body: Callable[[psycopg.Connection[Any]], Any],
 ) -> Any:
     step_no = ctx.take_step_no()
@@ -73,7 +66,7 @@ def run_transaction(
     def attempt(timeout: float) -> RecordedStep:
         # The user's writes and the checkpoint commit together, or not at all.
         try:
-            with ctx.app.db.connection(timeout) as conn, conn.transaction():
+            with ctx.runtime.db.connection(timeout) as conn, conn.transaction():
                 output = step.signature.encode_result(_in_step(ctx, lambda: body(conn)))
                 result, inserted = _record(ctx, step_no, step.name, "done", output, None, conn=conn)
                 if not inserted:
@@ -113,20 +106,13 @@ def _redo_rolled_back_transactions(
         first = False
         return attempt(timeout)
 
-    return ctx.app.db.retrying(f"transaction step {name} of {ctx.workflow_id}", once)
+    return ctx.runtime.db.retrying(f"transaction step {name} of {ctx.workflow_id}", once)
 
 
 def _recorded_now(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
     """The step's outcome as the database has it now (fenced: raises if taken over)."""
-    ctx.recorded.update(load_recorded(ctx.app, ctx.workflow_id, ctx.epoch))
+    ctx.recorded.update(ctx.runtime.store.load_steps(ctx.workflow_id, ctx.epoch))
     return recorded_step(ctx, step_no, name)
-
-
-def load_recorded(app: App, workflow_id: str, epoch: int) -> dict[int, RecordedStep]:
-    """A run's recorded steps by position (fenced: raises if the epoch is stale)."""
-    rows = app.db.fetch_all("load_steps", {"id": workflow_id, "epoch": epoch})
-    return {r["step_no"]: RecordedStep(r["step_no"], r["name"], r["status"], r["output"],
-                                       r["error"]) for r in rows}
 
 
 def recorded_step(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep | None:
@@ -187,27 +173,20 @@ def _record(
     the group commit). Returns the outcome now on record (ours, or an earlier writer's) and
     whether ours was the one inserted."""
     if conn is None:
-        written = ctx.app.completions.record(
+        written = ctx.runtime.completions.record(
             StepRecord(ctx.workflow_id, ctx.epoch, step_no, name, status, output, error))
         recorded = (RecordedStep(step_no, name, status, as_stored(output), as_stored(error))
                     if written.inserted else
                     RecordedStep(step_no, name, written.status, written.output, written.error))
         ctx.recorded[step_no] = recorded
         return recorded, written.inserted
-    row = ctx.app.db.fetch_one(
-        "record_step",
-        {"id": ctx.workflow_id, "epoch": ctx.epoch, "step_no": step_no, "name": name,
-         "status": status, "output": jsonb(output), "error": jsonb(error)},
-        conn=conn,
-    )
-    assert row is not None
-    recorded = RecordedStep(step_no, name, row["status"], row["output"], row["error"])
+    recorded, inserted = ctx.runtime.store.on(conn).record_step(
+        ctx.workflow_id, ctx.epoch, step_no, name, status, output, error)
     ctx.recorded[step_no] = recorded
-    return recorded, bool(row["inserted"])
+    return recorded, inserted
 
 
-def _outcome(recorded: RecordedStep, step: StepFunction[Any, Any] | TransactionFunction[Any, Any]
-             ) -> Any:
+def _outcome(recorded: RecordedStep, step: StepDefinition | TransactionDefinition) -> Any:
     """What the workflow sees for a recorded step: the decoded output, or the recorded error."""
     if recorded.status == "done":
         return step.signature.decode_result(recorded.output)

@@ -3,9 +3,10 @@
 SQL lives in .sql files; Python refers to a statement by name. A block starts with a
 `-- name: <name>` line and runs until the next one.
 
-The files live in the project's top-level `sql/` folder. A wheel ships that folder as
-`pgdurable/sql` (see pyproject.toml); a source checkout or an editable install reads the live
-files in `sql/` beside the package, so an edit is seen without reinstalling.
+The files live in the project's top-level `sql/` folder: `queries.sql`, the versioned
+`migrations/` and the repeatable `functions/` (see store/migrate.py). A wheel ships that folder
+as `pgdurable/sql` (see pyproject.toml); a source checkout or an editable install reads the
+live files in `sql/` beside the package, so an edit is seen without reinstalling.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def parse(text: str) -> dict[str, LiteralString]:
 
 @cache
 def sql_dir() -> Traversable:
-    """The folder holding queries.sql and migrations/: inside the installed package (a wheel),
-    else the top-level sql/ of the source tree this package was imported from."""
+    """The folder holding queries.sql, migrations/ and functions/: inside the installed package
+    (a wheel), else the top-level sql/ of the source tree this package was imported from."""
     shipped = resources.files("pgdurable").joinpath("sql")
     if shipped.is_dir():
         return shipped

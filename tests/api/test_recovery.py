@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 import pgdurable
+from pgdurable import Worker
 from pgdurable.errors import (
     InvalidArgument,
     RegistrationError,
@@ -19,7 +20,6 @@ from pgdurable.errors import (
     WorkflowFailed,
 )
 from pgdurable.runtime.recovery import DEFAULT_RETENTION_SECONDS, RecoverySettings, sweep
-from pgdurable.runtime.worker import Worker
 from tests.support.sql import call, claim_one, declare, enqueue, scalar, scheduled_ids, set_now
 
 Conn = psycopg.Connection[Any]

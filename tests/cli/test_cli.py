@@ -50,7 +50,8 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_migrate_applies_then_reports_up_to_date(empty_dsn: str, workdir: Path) -> None:
     first = ok(cli("migrate", "--dsn", empty_dsn, cwd=workdir))
-    assert first.splitlines() == [f"applied {m.filename}" for m in migrate.available()]
+    assert first.splitlines() == [f"applied {m.filename}" for m in migrate.available()] + [
+        f"applied {f.filename}" for f in migrate.function_files()]
     second = ok(cli("migrate", "--dsn", empty_dsn, cwd=workdir))
     assert second.strip() == f"schema is up to date (version {migrate.latest_version()})"
     with psycopg.connect(empty_dsn) as conn:

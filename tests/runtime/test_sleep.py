@@ -10,12 +10,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg.types.json import Jsonb
 
 import pgdurable
+from pgdurable import Worker
+from pgdurable.cli import main as cli_main
 from pgdurable.errors import InvalidArgument
 from pgdurable.runtime import sleeping
-from pgdurable.runtime.worker import Worker
 from tests.support.sql import NO_INPUTS, call, workflow
 from tests.support.waiting import wait_until
 
@@ -112,6 +114,10 @@ def test_a_workers_long_sleep_suspends_the_run_and_frees_its_slot(
         wake_at = call(conn, "select (output->>'wake_at')::timestamptz as t from pgdurable.steps "
                              "where workflow_id = %s and step_no = 1", (napping.workflow_id,))
         assert napping.info().available_at == wake_at[0]["t"]
+        assert napping.info().waiting_for == "sleep"  # the documented sub-state of pending
+        shown = CliRunner().invoke(cli_main, ["workflows", "show", "--dsn", app.db.dsn,
+                                              napping.workflow_id])
+        assert f"waiting:  sleep (until {wake_at[0]['t']})" in shown.output, shown.output
         # The only slot is free while it sleeps: another run goes first.
         assert naps.enqueue(quick).result(timeout=10) == "quick"
         assert napping.status() == "pending"
@@ -121,6 +127,7 @@ def test_a_workers_long_sleep_suspends_the_run_and_frees_its_slot(
         thread.join(15)
     assert calls == ["before", "quick"]
     assert workflow(conn, napping.workflow_id)["attempt"] == 2  # suspended once, claimed again
+    assert napping.info().waiting_for is None
     assert step_names(conn, napping.workflow_id) == ["nap.before", "pgdurable.sleep"]
 
 

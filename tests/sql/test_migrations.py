@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -13,7 +12,8 @@ import pytest
 import pgdurable
 from pgdurable.errors import SchemaError
 from pgdurable.store import migrate
-from pgdurable.store.migrate import Migration
+from pgdurable.store.migrate import Applied, Migration
+from tests.support.catalog import catalog
 from tests.support.interleave import Blocked, wait_for_lock_wait
 from tests.support.sql import Conn, call
 
@@ -26,48 +26,6 @@ def empty(empty_dsn: str) -> Iterator[Conn]:
         yield conn
 
 
-def catalog(conn: Conn, *, skip_tables: tuple[str, ...] = ()) -> dict[str, list[Any]]:
-    """Everything pgdurable puts in the catalog, in a comparable form."""
-    skip = list(skip_tables)
-    queries = {
-        "functions": """
-            select p.oid::regprocedure::text, pg_get_functiondef(p.oid), p.provolatile
-              from pg_proc p where p.pronamespace = 'pgdurable'::regnamespace order by 1""",
-        "relations": """
-            select c.relname, c.relkind, c.reloptions from pg_class c
-             where c.relnamespace = 'pgdurable'::regnamespace
-               and not (c.relname = any(%(skip)s))
-               and not exists (select from pg_index i join pg_class t on t.oid = i.indrelid
-                                where i.indexrelid = c.oid and t.relname = any(%(skip)s))
-             order by 1""",
-        "columns": """
-            select table_name, column_name, ordinal_position, data_type, is_nullable,
-                   column_default
-              from information_schema.columns
-             where table_schema = 'pgdurable' and not (table_name = any(%(skip)s))
-             order by 1, 3""",
-        "constraints": """
-            select conrelid::regclass::text, conname, pg_get_constraintdef(oid)
-              from pg_constraint where connamespace = 'pgdurable'::regnamespace
-               and not (conrelid::regclass::text = any(
-                        select 'pgdurable.' || t from unnest(%(skip)s::text[]) t))
-             order by 1, 2""",
-        "indexes": """
-            select tablename, indexname, indexdef from pg_indexes
-             where schemaname = 'pgdurable' and not (tablename = any(%(skip)s)) order by 2""",
-        "triggers": """
-            select tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) from pg_trigger
-             where not tgisinternal
-               and tgrelid in (select oid from pg_class
-                                where relnamespace = 'pgdurable'::regnamespace)
-             order by 1, 2""",
-    }
-    return {
-        key: [tuple(r.values()) for r in call(conn, sql, {"skip": skip})]
-        for key, sql in queries.items()
-    }
-
-
 def recorded(conn: Conn) -> list[tuple[int, str, str]]:
     rows = call(conn, "select version, name, sha256 from pgdurable.migrations order by version")
     return [(r["version"], r["name"], r["sha256"]) for r in rows]
@@ -77,13 +35,30 @@ def shipped() -> list[tuple[int, str, str]]:
     return [(m.version, m.name, m.sha256) for m in migrate.available()]
 
 
+def recorded_functions(conn: Conn) -> list[tuple[str, str]]:
+    rows = call(conn, "select name, sha256 from pgdurable.repeatables order by name")
+    return [(r["name"], r["sha256"]) for r in rows]
+
+
+def shipped_functions() -> list[tuple[str, str]]:
+    return sorted((f.filename, f.sha256) for f in migrate.function_files())
+
+
+def every_file() -> list[str]:
+    return [m.filename for m in migrate.available()] + [
+        f.filename for f in migrate.function_files()]
+
+
 # -- applying ---------------------------------------------------------------------------------
 
 
 def test_migrating_an_empty_database_applies_every_migration(empty: Conn) -> None:
     applied = migrate.migrate(empty)
-    assert applied == list(migrate.available())
+    assert applied.migrations == migrate.available()
+    assert applied.functions == migrate.function_files()
+    assert applied.filenames == every_file()
     assert recorded(empty) == shipped()
+    assert recorded_functions(empty) == shipped_functions()
     migrate.check_schema(empty)
     assert call(empty, "select to_regclass('pgdurable.workflows') as t")[0]["t"] is not None
 
@@ -92,10 +67,13 @@ def test_migrating_twice_is_a_no_op(empty: Conn) -> None:
     migrate.migrate(empty)
     before = catalog(empty)
     stamps = call(empty, "select version, applied_at from pgdurable.migrations order by 1")
-    assert migrate.migrate(empty) == []
-    assert migrate.migrate(empty) == []
+    function_stamps = call(empty, "select name, applied_at from pgdurable.repeatables order by 1")
+    assert migrate.migrate(empty) == Applied()
+    assert not migrate.migrate(empty)
     assert catalog(empty) == before
     assert call(empty, "select version, applied_at from pgdurable.migrations order by 1") == stamps
+    assert call(empty, "select name, applied_at from pgdurable.repeatables order by 1") == (
+        function_stamps)
 
 
 def test_the_template_matches_a_fresh_migration(empty: Conn, conn: Conn) -> None:
@@ -122,19 +100,20 @@ def test_concurrent_migrations_apply_each_migration_once(
             for runner in runners:
                 wait_for_lock_wait(observer, runner)
         empty.execute("commit")
-        results: list[list[Migration]] = [runner.join() for runner in runners]
+        results: list[Applied] = [runner.join() for runner in runners]
     finally:
         for runner in runners:
             runner.close()
-    names = sorted(m.filename for result in results for m in result)
-    assert names == sorted(m.filename for m in migrate.available())  # each exactly once
+    names = sorted(name for result in results for name in result.filenames)
+    assert names == sorted(every_file())  # each exactly once
     assert recorded(empty) == shipped()
+    assert recorded_functions(empty) == shipped_functions()
     migrate.check_schema(empty)
 
 
 def test_racing_migrations_from_threads(empty_dsn: str, empty: Conn) -> None:
     barrier = threading.Barrier(4)
-    results: list[list[Migration]] = []
+    results: list[Applied] = []
     failures: list[BaseException] = []
 
     def run() -> None:
@@ -151,8 +130,11 @@ def test_racing_migrations_from_threads(empty_dsn: str, empty: Conn) -> None:
     for t in threads:
         t.join(60)
     assert failures == []
-    assert sorted(m.version for r in results for m in r) == [v for v, _, _ in shipped()]
+    assert sorted(m.version for r in results for m in r.migrations) == [v for v, _, _ in shipped()]
+    assert sorted(f.filename for r in results for f in r.functions) == sorted(
+        f.filename for f in migrate.function_files())
     assert recorded(empty) == shipped()
+    assert recorded_functions(empty) == shipped_functions()
 
 
 # -- refusing a database that does not match --------------------------------------------------
@@ -233,7 +215,7 @@ def test_a_database_behind_the_library_is_refused_until_migrated(
     extra = _with_extra(monkeypatch, "create table pgdurable.extra (x int);")
     with pytest.raises(SchemaError, match=rf"needs {extra.version}: run `pgdurable migrate`"):
         migrate.check_schema(conn)
-    assert migrate.migrate(conn) == [extra]
+    assert migrate.migrate(conn) == Applied(migrations=(extra,))
     migrate.check_schema(conn)
     assert recorded(conn)[-1] == (extra.version, "extra", extra.sha256)
 
@@ -267,6 +249,8 @@ def test_full_sql_contains_every_function_and_table(conn: Conn) -> None:
         assert re.search(pattern, text, re.IGNORECASE), f"table {row['relname']} missing"
     for m in migrate.available():
         assert f"-- {m.filename} (sha256 {m.sha256})" in text
+    for f in migrate.function_files():
+        assert f"-- {f.filename} (sha256 {f.sha256})" in text
 
 
 def test_full_sql_builds_the_same_schema_as_migrate(empty: Conn, conn: Conn) -> None:
@@ -278,7 +262,8 @@ def test_full_sql_builds_the_same_schema_as_migrate(empty: Conn, conn: Conn) -> 
 def test_a_database_built_from_full_sql_is_accepted(empty_dsn: str, empty: Conn) -> None:
     empty.execute(migrate.full_sql())
     migrate.check_schema(empty)
-    assert migrate.migrate(empty) == []
+    assert migrate.migrate(empty) == Applied()
+    assert recorded_functions(empty) == shipped_functions()
 
 
 def test_shipped_migrations_are_numbered_without_gaps() -> None:

@@ -147,7 +147,7 @@ def test_start_refuses_bad_arguments_before_connecting(app: pgdurable.App) -> No
         app.start(typed, 1, 2)
     with pytest.raises(InvalidArgument, match="workflow_id must be a non-empty string"):
         app.start(typed, 1, workflow_id="")
-    assert app._db is None  # nothing connected
+    assert not app.connected  # nothing connected
 
 
 def test_start_refuses_unknown_workflows(app: pgdurable.App) -> None:
@@ -165,4 +165,4 @@ def test_start_refuses_unknown_workflows(app: pgdurable.App) -> None:
         app.start(foreign)
     with pytest.raises((RegistrationError, SerializationError), match=r"app\.start"):
         app.start(module_level)  # type: ignore[call-overload]
-    assert app._db is None
+    assert not app.connected

@@ -14,7 +14,8 @@ from pgdurable.store.sql import all_queries, parse, query
 PACKAGE = Path(pgdurable.__file__).parent
 ROOT = PACKAGE.parent
 # fetch_one("name", ...), fetch_all(\n "name"...), run_query(conn, "name"), query("name")
-_CALL = re.compile(r"\b(?:fetch_one|fetch_all|run_query|query)\(\s*(?:[\w.]+\s*,\s*)?\"(\w+)\"")
+_CALL = re.compile(r"\b(?:fetch_one|fetch_all|run_query|query|_one|_all|_maybe|_execution)\(\s*"
+                   r"(?:[\w.]+\s*,\s*)?\"(\w+)\"")
 
 
 def test_parse_splits_named_blocks() -> None:
