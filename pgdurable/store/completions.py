@@ -90,6 +90,16 @@ class Completions:
         if ending.failure is not None:
             raise ending.failure
 
+    def release_connection(self) -> None:
+        """Give the connection kept for the commits back to the pool, between two commits
+        (waiting for one in progress); the next commit takes one from the pool. After the pool
+        was drained that is a new connection, which reads the database's session defaults
+        afresh (pgdurable.testing's clock relies on this)."""
+        with self._lock:
+            while self._committing:
+                self._idle.wait(0.1)
+            self._conn.close()
+
     def close(self) -> None:
         """Refuse new items; wait (briefly) for a commit in progress."""
         deadline = time.monotonic() + 10

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,8 @@ from psycopg.types.json import Jsonb
 import pgdurable
 from pgdurable.cli import main as cli_main
 from pgdurable.store import migrate
+from tests.support.processes import cli as run_cli
+from tests.support.processes import one_line_error as one_error_line
 
 UNREACHABLE = "postgresql://x@127.0.0.1:1/x"
 
@@ -26,25 +26,13 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _env(dsn_env: str | None, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PG") and not k.startswith("PGDURABLE")}
-    env["PGDURABLE_DATA_DIR"] = str(data_dir / ".pgdurable-unused")
-    env["COLUMNS"] = "200"
-    env["NO_COLOR"] = "1"
-    if dsn_env is not None:
-        env["PGDURABLE_DSN"] = dsn_env
-    return env
-
-
 def cli(
     *args: str, cwd: Path, dsn_env: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pgdurable.cli", *args],
-        cwd=cwd, env=_env(dsn_env, cwd), capture_output=True, text=True, timeout=timeout,
-        check=False,
-    )
+    """The CLI with no configuration but `dsn_env` as PGDURABLE_DSN (no libpq PG* variables,
+    an embedded server's data directory that stays unused)."""
+    return run_cli(dsn_env, *args, cwd=cwd, timeout=timeout, libpq=False,
+                   PGDURABLE_DATA_DIR=str(cwd / ".pgdurable-unused"), NO_COLOR="1")
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -54,12 +42,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     """Assert the CLI failed the friendly way and return the error line."""
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error:"), lines[0]
-    return lines[0]
+    return one_error_line(result, exit_code=None)
 
 
 # -- migrate ----------------------------------------------------------------------------------

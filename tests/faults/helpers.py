@@ -1,23 +1,18 @@
-"""Running the fault apps in real processes, and reading what they did."""
+"""The fault apps (tests/support/apps/pipeline.py and torture.py) in real processes, the tables
+they write their side effects to, and reading what they did."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
-HERE = Path(__file__).resolve().parent
-T = TypeVar("T")
+from tests.support.processes import Piped, Proc
+
 Conn = psycopg.Connection[tuple[Any, ...]]
 
+# The tables the apps/pipeline.py workflows write to.
 SCHEMA = """
 create table fault_events (
     id bigserial primary key, order_id text not null, event text not null,
@@ -26,61 +21,28 @@ create table fault_shipments (
     id bigserial primary key, order_id text not null, charge_id text not null);
 """
 
+# The tables the apps/torture.py workflows write to.
+TORTURE_SCHEMA = """
+create table torture_business (
+    id bigserial primary key, n integer not null, pid integer not null);
+create table torture_effects (
+    id bigserial primary key, n integer not null, token text not null, pid integer not null,
+    at timestamptz not null default clock_timestamp());
+create table torture_holds (
+    id bigserial primary key, tag text not null, pid integer not null,
+    started timestamptz not null default clock_timestamp());
+create table torture_flags (tag text primary key);
+"""
 
-def wait_until(
-    predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.01,
-    what: str = "the condition",
-) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
-
-class Worker:
+def pipeline(dsn: str, *args: str, **env: str) -> Piped:
     """One `python -m apps.pipeline ...` process."""
-
-    def __init__(self, dsn: str, *args: str, **env: str) -> None:
-        full_env = {**os.environ, "PGDURABLE_DSN": dsn, "PYTHONUNBUFFERED": "1", **env}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apps.pipeline", *args], cwd=HERE, env=full_env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-
-    def kill(self) -> None:
-        self.proc.kill()  # SIGKILL: no cleanup, no lease release, nothing
-        out, err = self.proc.communicate(timeout=30)
-        assert self.proc.returncode == -9, f"exit {self.proc.returncode}\n{out}\n{err}"
-
-    def finish(self, timeout: float = 90) -> dict[str, Any]:
-        """Wait for a clean exit and return the printed results."""
-        out, err = self.proc.communicate(timeout=timeout)
-        assert self.proc.returncode == 0, f"exit {self.proc.returncode}\n{out}\n{err}"
-        return dict(json.loads(out.strip().splitlines()[-1]))
-
-    def exit_code(self, timeout: float = 60) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, out, err
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate(timeout=30)
+    return Piped(dsn, "-m", "apps.pipeline", *args, **env)
 
 
-@contextmanager
-def workers() -> Iterator[list[Worker]]:
-    """Collects workers and kills any still alive when the test ends."""
-    started: list[Worker] = []
-    try:
-        yield started
-    finally:
-        for worker in started:
-            worker.stop()
+def worker(dsn: str, logdir: Path, label: str, *args: str, **env: str) -> Proc:
+    """A `pgdurable worker apps.torture:app` process."""
+    return Proc(dsn, logdir, label, "worker", "apps.torture:app", *args, **env)
 
 
 def events(conn: Conn, order_id: str | None = None) -> dict[str, int]:

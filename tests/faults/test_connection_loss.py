@@ -17,20 +17,13 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
 import pgdurable
+from tests.support.processes import LEADER_KEY, Proc, holder_of, processes
+from tests.support.waiting import wait_until
 
-from .support import (
-    TORTURE_SCHEMA,
-    Proc,
-    connect,
-    holder_of,
-    processes,
-    restartable_database,
-    wait_until,
-    worker,
-)
+from .helpers import TORTURE_SCHEMA, worker
+from .restart import connect, restartable_database
 
 Conn = psycopg.Connection[Any]
-LEADER_KEY = 7301544015412283462  # pgdurable/sql/queries.sql: recovery_leader_lock
 WORKER_ARGS = ("--queue", "torture", "--concurrency", "4")
 
 

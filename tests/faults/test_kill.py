@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import psycopg
 
+from tests.support.processes import processes
+from tests.support.waiting import wait_until
+
 from .helpers import (
-    Worker,
     all_leases_expired,
     events,
     has_event,
+    pipeline,
     run_states,
     shipments_per_order,
-    wait_until,
-    workers,
 )
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
 
 def test_kill_during_step_two_then_another_process_finishes(fault_db: str, conn: Conn) -> None:
-    with workers() as procs:
-        first = Worker(fault_db, "checkout", "k1", FAULT_CHARGE_SECONDS="60")
+    with processes() as procs:
+        first = pipeline(fault_db, "checkout", "k1", FAULT_CHARGE_SECONDS="60")
         procs.append(first)
         wait_until(lambda: has_event(conn, "k1", "charge:start"), what="step 2 to start")
         first.kill()
@@ -29,7 +30,7 @@ def test_kill_during_step_two_then_another_process_finishes(fault_db: str, conn:
         assert steps == [(0, "done")]
 
         wait_until(lambda: all_leases_expired(conn), what="the dead process's lease to expire")
-        second = Worker(fault_db, "checkout", "k1")
+        second = pipeline(fault_db, "checkout", "k1")
         procs.append(second)
         results = second.finish()
 
@@ -46,10 +47,10 @@ def test_kill_during_step_two_then_another_process_finishes(fault_db: str, conn:
 
 
 def test_crash_between_transaction_commit_and_return(fault_db: str, conn: Conn) -> None:
-    with workers() as procs:
-        first = Worker(fault_db, "checkout", "c1", FAULT_CRASH_AFTER_SHIP_COMMIT="1")
+    with processes() as procs:
+        first = pipeline(fault_db, "checkout", "c1", FAULT_CRASH_AFTER_SHIP_COMMIT="1")
         procs.append(first)
-        code, out, err = first.exit_code()
+        code, out, err = first.wait(timeout=60)
         assert code == 9, f"{out}\n{err}"
         assert "crashing right after the ship commit" in out
         # The ship step's row and checkpoint are committed; the run was never finished.
@@ -59,7 +60,7 @@ def test_crash_between_transaction_commit_and_return(fault_db: str, conn: Conn) 
             "select status from pgdurable.steps order by step_no").fetchall()] == ["done"] * 3
 
         wait_until(lambda: all_leases_expired(conn), what="the dead process's lease to expire")
-        second = Worker(fault_db, "checkout", "c1")
+        second = pipeline(fault_db, "checkout", "c1")
         procs.append(second)
         results = second.finish()
 
@@ -73,10 +74,10 @@ def test_crash_between_transaction_commit_and_return(fault_db: str, conn: Conn) 
 def test_crash_before_transaction_commit_rolls_back_row_and_checkpoint(
     fault_db: str, conn: Conn
 ) -> None:
-    with workers() as procs:
-        first = Worker(fault_db, "checkout", "b1", FAULT_CRASH_BEFORE_SHIP_COMMIT="1")
+    with processes() as procs:
+        first = pipeline(fault_db, "checkout", "b1", FAULT_CRASH_BEFORE_SHIP_COMMIT="1")
         procs.append(first)
-        code, out, err = first.exit_code()
+        code, out, err = first.wait(timeout=60)
         assert code == 9, f"{out}\n{err}"
         assert "crashing right before the ship commit" in out
         # Neither the business row nor the ship checkpoint survived: they were one transaction.
@@ -85,7 +86,7 @@ def test_crash_before_transaction_commit_rolls_back_row_and_checkpoint(
             "select status from pgdurable.steps order by step_no").fetchall()] == ["done"] * 2
 
         wait_until(lambda: all_leases_expired(conn), what="the dead process's lease to expire")
-        second = Worker(fault_db, "checkout", "b1")
+        second = pipeline(fault_db, "checkout", "b1")
         procs.append(second)
         results = second.finish()
 
@@ -98,13 +99,13 @@ def test_crash_before_transaction_commit_rolls_back_row_and_checkpoint(
 
 
 def test_kill_during_an_at_most_once_step(fault_db: str, conn: Conn) -> None:
-    with workers() as procs:
-        first = Worker(fault_db, "notify", "m1", FAULT_EMAIL_SECONDS="60")
+    with processes() as procs:
+        first = pipeline(fault_db, "notify", "m1", FAULT_EMAIL_SECONDS="60")
         procs.append(first)
         wait_until(lambda: has_event(conn, "m1", "email:start"), what="the email step to start")
         first.kill()
         wait_until(lambda: all_leases_expired(conn), what="the dead process's lease to expire")
-        second = Worker(fault_db, "notify", "m1")
+        second = pipeline(fault_db, "notify", "m1")
         procs.append(second)
         results = second.finish()
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import psycopg
 
-from .support import Proc, processes, wait_for_holder, wait_until
+from tests.support.processes import LEADER_KEY, Proc, processes, wait_for_holder
+from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[Any]
-LEADER_KEY = 7301544015412283462  # pgdurable/sql/queries.sql: recovery_leader_lock
 INTERVAL = 0.5
 SLACK = 1.5
 ROUNDS = 2

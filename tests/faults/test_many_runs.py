@@ -9,14 +9,10 @@ from functools import partial
 import psycopg
 import pytest
 
-from .helpers import (
-    Worker,
-    all_leases_expired,
-    run_states,
-    shipments_per_order,
-    wait_until,
-    workers,
-)
+from tests.support.processes import processes
+from tests.support.waiting import wait_until
+
+from .helpers import all_leases_expired, pipeline, run_states, shipments_per_order
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -31,9 +27,9 @@ def kill_and_recover(dsn: str, conn: Conn, runs: int, kills: int, seed: int) -> 
     order_ids = [f"m{i:03d}" for i in range(runs)]
     knobs = {"FAULT_RESERVE_SECONDS": "0", "FAULT_CHARGE_SECONDS": "0.1", "FAULT_JITTER": "0.4"}
     killed_mid_run = 0
-    with workers() as procs:
+    with processes() as procs:
         for _ in range(kills):
-            worker = Worker(dsn, "checkout", *order_ids, **knobs)
+            worker = pipeline(dsn, "checkout", *order_ids, **knobs)
             procs.append(worker)
             wait_until(partial(has_worked, conn, worker.proc.pid),
                        what="the worker to start working")
@@ -42,7 +38,7 @@ def kill_and_recover(dsn: str, conn: Conn, runs: int, kills: int, seed: int) -> 
             states = run_states(conn)
             killed_mid_run += sum(status == "running" for status, _ in states.values())
             wait_until(lambda: all_leases_expired(conn), what="the dead worker's leases")
-        last = Worker(dsn, "checkout", *order_ids, **knobs)
+        last = pipeline(dsn, "checkout", *order_ids, **knobs)
         procs.append(last)
         results = last.finish(timeout=120)
 

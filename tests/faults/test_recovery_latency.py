@@ -12,7 +12,10 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from .support import TORTURE_SCHEMA, Proc, processes, wait_until, worker
+from tests.support.processes import Proc, processes
+from tests.support.waiting import wait_until
+
+from .helpers import TORTURE_SCHEMA, worker
 
 Conn = psycopg.Connection[Any]
 LEASE = 2.0

@@ -21,15 +21,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from .support import (
-    TORTURE_SCHEMA,
-    Proc,
-    connect,
-    processes,
-    restartable_database,
-    wait_until,
-    worker,
-)
+from tests.support.processes import Proc, processes
+from tests.support.waiting import wait_until
+
+from .helpers import TORTURE_SCHEMA, worker
+from .restart import connect, restartable_database
 
 Conn = psycopg.Connection[Any]
 FINISH_WITHIN = 60.0  # seconds after the last fault

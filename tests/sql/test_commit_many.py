@@ -7,12 +7,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
-from .helpers import (
+from tests.support.interleave import Interleaving
+from tests.support.sql import (
     T0,
-    Blocked,
     Conn,
     acquire,
     call,
@@ -22,7 +21,6 @@ from .helpers import (
     set_now,
     start,
     steps,
-    wait_for_lock_wait,
     workflow,
 )
 
@@ -114,17 +112,14 @@ def test_an_at_most_once_intent_is_completed(a: Conn) -> None:
 
 
 def test_a_takeover_waits_for_a_batch_in_flight(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     start(a, "w1")
     start(a, "w2")
     with a.transaction():
         assert commit_many(a, [("w2", 1, 0, "s", "done", 0, None),
                                ("w1", 1, 0, "s", "done", "from-a", None)]) == []
-        b = Blocked(dsn, lambda c: (set_now(c, LATER), acquire(c, "w1", "worker-b"))[1])
-        blocked.append(b)
-        b.start()
-        wait_for_lock_wait(observer, b)
+        b = interleave.waits(lambda c: acquire(c, "w1", "worker-b"), now=LATER)
         assert workflow(a, "w1")["attempt"] == 1
     assert [r["epoch"] for r in b.join()] == [2]
     # The committed checkpoint is the new owner's; the stale owner is refused from now on.
@@ -135,33 +130,26 @@ def test_a_takeover_waits_for_a_batch_in_flight(
 
 
 def test_a_stale_batch_waits_for_an_uncommitted_takeover_then_is_refused(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     start(a, "w1")
-    with psycopg.connect(dsn, autocommit=True) as b:
-        set_now(b, LATER)
-        with b.transaction():
-            assert acquire(b, "w1", "worker-b")[0]["epoch"] == 2
-            zombie = Blocked(dsn, lambda c: commit_many(
-                c, [("w1", 1, 0, "s", "done", "zombie", None)]))
-            blocked.append(zombie)
-            zombie.start()
-            wait_for_lock_wait(observer, zombie)
+    b = interleave.session(LATER)
+    with b.transaction():
+        assert acquire(b, "w1", "worker-b")[0]["epoch"] == 2
+        zombie = interleave.waits(lambda c: commit_many(
+            c, [("w1", 1, 0, "s", "done", "zombie", None)]))
     [row] = zombie.join()
     assert (row["kind"], row["sqlstate"]) == ("step", "PD001")
     assert steps(observer, "w1") == []
 
 
 def test_cancel_waits_for_a_batch_in_flight_then_fences(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     start(a, "w1")
     with a.transaction():
         commit_many(a, [("w1", 1, 0, "s", "done", 1, None)])
-        canceller = Blocked(dsn, lambda c: cancel(c, "w1"))
-        blocked.append(canceller)
-        canceller.start()
-        wait_for_lock_wait(observer, canceller)
+        canceller = interleave.waits(lambda c: cancel(c, "w1"))
     assert canceller.join() == "cancelled"
     [row] = commit_many(a, [], [("w1", 1, "succeeded", "late", None)])
     assert row["sqlstate"] == "PD001"

@@ -12,42 +12,32 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from .helpers import (
+from tests.support.interleave import Interleaving
+from tests.support.sql import (
     T0,
-    Blocked,
     Conn,
     acquire,
     cancel,
     finish,
     load_steps,
     record,
-    set_now,
     sqlstate,
     start,
     steps,
-    wait_for_lock_wait,
     workflow,
 )
 
 LATER = T0 + timedelta(minutes=1)  # after worker-a's 30 s lease
 
 
-def _later(conn: Conn) -> Conn:
-    set_now(conn, LATER)
-    return conn
-
-
 def test_takeover_waits_for_a_step_record_in_flight(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     start(a, "w1", owner="worker-a")
     with a.transaction():
         got = record(a, "w1", 1, 0, "fetch", output="from-a")  # FOR SHARE on the run's row
         assert got["inserted"] is True
-        b = Blocked(dsn, lambda c: acquire(_later(c), "w1", "worker-b"))
-        blocked.append(b)
-        b.start()
-        wait_for_lock_wait(observer, b)
+        b = interleave.waits(lambda c: acquire(c, "w1", "worker-b"), now=LATER)
         assert b.running
         # worker-a still owns the run inside its transaction
         assert workflow(a, "w1")["attempt"] == 1
@@ -66,55 +56,43 @@ def test_takeover_waits_for_a_step_record_in_flight(
 
 
 def test_a_stale_write_waits_for_an_uncommitted_takeover_then_is_refused(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     start(a, "w1", owner="worker-a")
-    with psycopg.connect(dsn, autocommit=True) as b:
-        _later(b)
-        with b.transaction():
-            assert acquire(b, "w1", "worker-b")[0]["epoch"] == 2
-            zombie = Blocked(dsn, lambda c: record(c, "w1", 1, 0, "fetch", output="zombie"))
-            blocked.append(zombie)
-            zombie.start()
-            wait_for_lock_wait(observer, zombie)
-            assert zombie.running
-        with pytest.raises(psycopg.Error) as info:
-            zombie.join()
+    b = interleave.session(LATER)
+    with b.transaction():
+        assert acquire(b, "w1", "worker-b")[0]["epoch"] == 2
+        zombie = interleave.waits(lambda c: record(c, "w1", 1, 0, "fetch", output="zombie"))
+        assert zombie.running
+    with pytest.raises(psycopg.Error) as info:
+        zombie.join()
     assert info.value.sqlstate == "PD001"
     assert steps(observer, "w1") == []
     assert record(observer, "w1", 2, 0, "fetch", output="owner")["inserted"] is True
 
 
 def test_a_rolled_back_takeover_leaves_the_first_owner_in_charge(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     start(a, "w1", owner="worker-a")
-    with psycopg.connect(dsn, autocommit=True) as b:
-        _later(b)
-        b.execute("begin")
-        assert acquire(b, "w1", "worker-b")[0]["epoch"] == 2
-        writer = Blocked(dsn, lambda c: record(c, "w1", 1, 0, "fetch", output="a"))
-        blocked.append(writer)
-        writer.start()
-        wait_for_lock_wait(observer, writer)
-        b.execute("rollback")
+    b = interleave.session(LATER)
+    b.execute("begin")
+    assert acquire(b, "w1", "worker-b")[0]["epoch"] == 2
+    writer = interleave.waits(lambda c: record(c, "w1", 1, 0, "fetch", output="a"))
+    b.execute("rollback")
     assert writer.join()["inserted"] is True
     row = workflow(observer, "w1")
     assert (row["attempt"], row["owner"]) == (1, "worker-a")
 
 
 def test_two_concurrent_takeovers_only_one_wins(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     start(a, "w1", owner="worker-a")
-    with psycopg.connect(dsn, autocommit=True) as b:
-        _later(b)
-        with b.transaction():
-            assert acquire(b, "w1", "worker-b")[0]["epoch"] == 2
-            c = Blocked(dsn, lambda conn: acquire(_later(conn), "w1", "worker-c"))
-            blocked.append(c)
-            c.start()
-            wait_for_lock_wait(observer, c)
+    b = interleave.session(LATER)
+    with b.transaction():
+        assert acquire(b, "w1", "worker-b")[0]["epoch"] == 2
+        c = interleave.waits(lambda conn: acquire(conn, "w1", "worker-c"), now=LATER)
     assert c.join() == []  # re-checked after b committed: the new lease is live
     row = workflow(observer, "w1")
     assert (row["attempt"], row["owner"]) == (2, "worker-b")
@@ -122,17 +100,13 @@ def test_two_concurrent_takeovers_only_one_wins(
 
 @pytest.mark.parametrize("outcome", ["commit", "rollback"])
 def test_concurrent_start_of_one_id_waits_for_the_first(
-    observer: Conn, dsn: str, blocked: list[Blocked], outcome: str
+    observer: Conn, interleave: Interleaving, outcome: str
 ) -> None:
-    with psycopg.connect(dsn, autocommit=True) as first:
-        set_now(first, T0)
-        first.execute("begin")
-        assert start(first, "w1", owner="worker-a")["started"] is True
-        second = Blocked(dsn, lambda c: start(c, "w1", owner="worker-b"))
-        blocked.append(second)
-        second.start()
-        wait_for_lock_wait(observer, second)
-        first.execute(outcome)
+    first = interleave.session(T0)
+    first.execute("begin")
+    assert start(first, "w1", owner="worker-a")["started"] is True
+    second = interleave.waits(lambda c: start(c, "w1", owner="worker-b"))
+    first.execute(outcome)
     got = second.join()
     if outcome == "commit":
         assert (got["started"], got["epoch"]) == (False, 1)
@@ -143,15 +117,12 @@ def test_concurrent_start_of_one_id_waits_for_the_first(
 
 
 def test_cancel_waits_for_a_step_record_in_flight_then_fences(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     start(a, "w1", owner="worker-a")
     with a.transaction():
         record(a, "w1", 1, 0, "fetch", output=1)
-        canceller = Blocked(dsn, lambda c: cancel(c, "w1"))
-        blocked.append(canceller)
-        canceller.start()
-        wait_for_lock_wait(observer, canceller)
+        canceller = interleave.waits(lambda c: cancel(c, "w1"))
     assert canceller.join() == "cancelled"
     with sqlstate("PD001"):
         finish(a, "w1", 1, "succeeded", output="too late")
@@ -161,16 +132,13 @@ def test_cancel_waits_for_a_step_record_in_flight_then_fences(
 
 
 def test_concurrent_records_of_one_position_agree(
-    a: Conn, observer: Conn, dsn: str, blocked: list[Blocked]
+    a: Conn, observer: Conn, interleave: Interleaving
 ) -> None:
     """Two executions of the same epoch racing on one step position (e.g. a retried call):
     the second waits for the first's insert and then returns the first's output."""
     start(a, "w1", owner="worker-a")
     with a.transaction():
         assert record(a, "w1", 1, 0, "fetch", output="first")["inserted"] is True
-        other = Blocked(dsn, lambda c: record(c, "w1", 1, 0, "fetch", output="second"))
-        blocked.append(other)
-        other.start()
-        wait_for_lock_wait(observer, other)
+        other = interleave.waits(lambda c: record(c, "w1", 1, 0, "fetch", output="second"))
     got = other.join()
     assert (got["output"], got["inserted"]) == ("first", False)

@@ -17,8 +17,8 @@ from pgdurable.errors import SchemaError
 from pgdurable.store import migrate
 from pgdurable.store.database import run_query
 from pgdurable.store.migrate import Applied, FunctionFile
-
-from .helpers import Conn, call, catalog
+from tests.support.catalog import catalog
+from tests.support.sql import Conn, call
 
 # The last version applied by the runner that knew only versioned migrations.
 BEFORE_FUNCTION_FILES = 6

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from .helpers import (
+from tests.support.sql import (
     NO_INPUTS,
     T0,
     Conn,

@@ -13,8 +13,9 @@ import pgdurable
 from pgdurable.errors import SchemaError
 from pgdurable.store import migrate
 from pgdurable.store.migrate import Applied, Migration
-
-from .helpers import Blocked, Conn, call, catalog, wait_for_lock_wait
+from tests.support.catalog import catalog
+from tests.support.interleave import Blocked, wait_for_lock_wait
+from tests.support.sql import Conn, call
 
 LOCK_KEY = 7301544015412283461  # pgdurable/sql/queries.sql: migrations_lock
 

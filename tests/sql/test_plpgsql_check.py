@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from .helpers import Conn, Row, call
+from tests.support.sql import Conn, Row, call
 
 REQUIRE = os.environ.get("PGDURABLE_REQUIRE_PLPGSQL_CHECK") == "1"
 

@@ -8,8 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 from pgdurable.store import migrate
-
-from .helpers import Conn, call
+from tests.support.sql import Conn, call
 
 ROOT = Path(__file__).resolve().parents[2]
 SQL_MD = ROOT / "docs" / "reference" / "sql.md"

@@ -4,28 +4,13 @@ claimable again exactly when the first of them happens; waits are fenced like ev
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
 import pytest
 
-Conn = psycopg.Connection[Any]
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def db(conn: Conn) -> Conn:
-    conn.execute("select set_config('pgdurable.now', %s, false)", (T0.isoformat(),))
-    return conn
-
-
-def set_now(conn: Conn, when: datetime) -> None:
-    conn.execute("select set_config('pgdurable.now', %s, false)", (when.isoformat(),))
+from tests.support.sql import T0, Conn, at, set_now
 
 
 def running(conn: Conn, wid: str = "r") -> int:
