@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pgdurable.api.app import App
+from pgdurable.api.children import gather, wait_first
 from pgdurable.api.decorators import (
     RetryPolicy,
     StepFunction,
@@ -69,6 +70,8 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowNotFound",
     "__version__",
+    "gather",
     "sleep",
+    "wait_first",
     "workflow_id",
 ]

@@ -176,3 +176,14 @@ select kind, ord, status, output, error, inserted, sqlstate, message
                              %(step_statuses)s::text[], %(step_outputs)s::jsonb[],
                              %(step_errors)s::jsonb[], %(ids)s::text[], %(epochs)s::integer[],
                              %(statuses)s::text[], %(outputs)s::jsonb[], %(errors)s::jsonb[])
+
+-- name: start_children
+-- `runs`: one JSON array of [id, inputs] pairs (see pgdurable.start_children).
+select pgdurable.start_children(%(parent)s, %(epoch)s, %(step_no)s, %(queue)s, %(name)s,
+                                %(runs)s, %(priority)s, %(delay_seconds)s, %(partition_key)s,
+                                %(deadline)s, %(max_attempts)s, %(retry_backoff)s) as ids
+
+-- name: await_children
+select ready, suspended, results
+  from pgdurable.await_children(%(id)s, %(epoch)s, %(step_no)s, %(ids)s::text[], %(mode)s,
+                                %(suspend)s)

@@ -14,6 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 import psycopg
 
+from pgdurable.api import children
 from pgdurable.api.admin import Admin
 from pgdurable.api.decorators import StepFunction, TransactionFunction, WorkflowFunction
 from pgdurable.api.handles import StepInfo, WorkflowHandle, WorkflowInfo
@@ -393,6 +394,8 @@ class App:
         inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
+        if conn is None and children.in_workflow():  # a child of the running workflow
+            return children.start_child(self, wf, inputs, workflow_id)
         wid = workflow_id or str(uuid.uuid4())
         executor = self.executor
         started = self.store.on(conn).start_workflow(wid, wf.name, inputs, executor.worker_id,

@@ -19,7 +19,6 @@ from pgdurable.core.definitions import (
     TransactionDefinition,
     WorkflowDefinition,
 )
-from pgdurable.core.errors import PgDurableError
 from pgdurable.runtime import context, steps
 
 if TYPE_CHECKING:
@@ -35,8 +34,9 @@ __all__ = ["RetryPolicy", "StepFunction", "TransactionFunction", "WorkflowFuncti
 class WorkflowFunction(WorkflowDefinition, Generic[P, R]):
     """A function registered with `@app.workflow()`.
 
-    Calling it outside a workflow starts it durably in this process and waits for its result
-    (like `app.start(fn, ...).result()`).
+    Calling it starts it durably and waits for its result, like `app.start(fn, ...).result()`:
+    outside a workflow in this process; inside one as a checkpointed child workflow, the
+    caller suspended until it ends.
     """
 
     fn: Callable[P, R]
@@ -50,11 +50,6 @@ class WorkflowFunction(WorkflowDefinition, Generic[P, R]):
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        if context.current() is not None:
-            raise PgDurableError(
-                f"workflow {self.name!r} called from inside a running workflow: child workflows "
-                "are not supported yet; call its steps directly or start it with app.start()"
-            )
         handle: WorkflowHandle[R] = self.app.start_run(self, args, kwargs)
         return handle.result()
 

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pydantic
 
-from pgdurable.core.errors import WorkflowCancelled, WorkflowFailed, WorkflowNotFound
+from pgdurable.core.errors import (
+    InvalidArgument,
+    WorkflowCancelled,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+from pgdurable.runtime import context
 
 if TYPE_CHECKING:
     from pgdurable.api.app import App
@@ -80,7 +86,19 @@ class WorkflowHandle(Generic[R]):
     def result(self, timeout: float | None = None) -> R:
         """Wait until the run finishes and return its output, decoded to the workflow's return
         annotation. Raises WorkflowFailed (with the original error's type, message and
-        traceback), WorkflowCancelled, or TimeoutError."""
+        traceback), WorkflowCancelled, or TimeoutError.
+
+        Inside a running workflow this is `pgdurable.gather([handle])[0]`: a checkpointed wait
+        that suspends the run until this one ends (it takes no `timeout` there)."""
+        if _in_workflow():
+            from pgdurable.api.children import gather
+
+            if timeout is not None:
+                raise InvalidArgument(
+                    "inside a workflow, handle.result() suspends the run until that run ends "
+                    "and takes no timeout (give the workflow a timeout instead)")
+            result: R = gather([self])[0]
+            return result
         deadline = None if timeout is None else time.monotonic() + timeout
         local = self.app.executor.local(self.workflow_id)
         if local is not None:  # executing in this process: no need to poll while it runs
@@ -157,3 +175,9 @@ class WorkflowHandle(Generic[R]):
             return (f"workflow {self.workflow_id!r} does not exist: the transaction (or "
                     "savepoint) that started it rolled back")
         return f"workflow {self.workflow_id!r} does not exist"
+
+
+def _in_workflow() -> bool:
+    """Called from a workflow's body (not from inside one of its steps)?"""
+    ctx = context.current()
+    return ctx is not None and not ctx.in_step

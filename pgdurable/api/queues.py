@@ -13,6 +13,7 @@ import psycopg
 
 from pgdurable.api.handles import WorkflowHandle
 from pgdurable.core.errors import InvalidArgument
+from pgdurable.runtime import children, context
 from pgdurable.store.calls import Store
 
 if TYPE_CHECKING:
@@ -53,6 +54,22 @@ def _check_priority(priority: int) -> None:
 def _check_key(name: str, key: str | None) -> None:
     if key is not None and (not isinstance(key, str) or not key):
         raise InvalidArgument(f"{name} must be a non-empty string or None, not {key!r}")
+
+
+def _parent_context(conn: psycopg.Connection[Any] | None, dedup_key: str | None
+                    ) -> context.WorkflowContext | None:
+    """The running workflow whose child a run enqueued here becomes (None outside one, or
+    inside one of its steps: there an enqueue is a plain one)."""
+    ctx = context.current()
+    if ctx is None or ctx.in_step:
+        return None
+    if conn is not None:
+        raise InvalidArgument("inside a workflow, a child is started in the workflow's own "
+                              "checkpoint transaction: conn= is not supported there")
+    if dedup_key is not None:
+        raise InvalidArgument("inside a workflow, a child's id is its idempotency key: "
+                              "dedup_key is not supported there")
+    return ctx
 
 
 def _seconds(name: str, value: float | timedelta) -> float:
@@ -137,6 +154,15 @@ class Queue:
             raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
         _check_key("dedup_key", dedup_key)
         _check_key("partition_key", partition_key)
+        ctx = _parent_context(conn, dedup_key)
+        if ctx is not None:  # a child of the running workflow: a checkpointed start
+            [child] = children.start_children(
+                ctx, self.name, wf.name, [(workflow_id, inputs)], batch=False,
+                priority=priority, delay_seconds=_seconds("delay", delay),
+                partition_key=partition_key, deadline=deadline,
+                max_attempts=_positive("max_attempts", max_attempts) or wf.max_attempts,
+                retry_backoff=wf.retry_backoff)
+            return WorkflowHandle(self.app, child)
         run_id = self.app.store.on(conn).enqueue(
             # The id is chosen here, so a retried call after a lost connection is idempotent.
             self.name, wf.name, inputs, workflow_id or str(uuid.uuid4()),
@@ -173,6 +199,15 @@ class Queue:
                     f"arguments, not {type(item).__name__}"
                 )
             runs.append((str(uuid.uuid4()), encode(tuple(item), {})))
+        ctx = _parent_context(conn, None)
+        if ctx is not None:  # children of the running workflow: one checkpointed step
+            ids = children.start_children(
+                ctx, self.name, wf.name, [(None, inputs) for _, inputs in runs], batch=True,
+                priority=priority, delay_seconds=_seconds("delay", delay),
+                partition_key=partition_key, deadline=deadline,
+                max_attempts=_positive("max_attempts", max_attempts) or wf.max_attempts,
+                retry_backoff=wf.retry_backoff)
+            return [WorkflowHandle(self.app, child) for child in ids]
         self.app.store.on(conn).enqueue_runs(
             self.name, wf.name, runs, priority=priority, delay_seconds=_seconds("delay", delay),
             partition_key=partition_key, deadline=deadline,

@@ -150,6 +150,32 @@ class Store:
         """Wake a run suspended waiting for `condition` (False: it was not)."""
         return bool(self._one("wake", {"id": workflow_id, "condition": condition})["woken"])
 
+    def start_children(self, parent: str, epoch: int, step_no: int, queue: str, name: str,
+                       runs: list[tuple[str, dict[str, Any]]], *, priority: int,
+                       delay_seconds: float, partition_key: str | None,
+                       deadline: datetime | None, max_attempts: int, retry_backoff: float
+                       ) -> list[str]:
+        """Queue child runs of `parent` as its step `step_no`, in one statement; returns the
+        children's ids (the recorded ones on a replay)."""
+        ids = self._one("start_children", {
+            "parent": parent, "epoch": epoch, "step_no": step_no, "queue": queue,
+            "name": name, "runs": Jsonb(runs), "priority": priority,
+            "delay_seconds": delay_seconds, "partition_key": partition_key,
+            "deadline": deadline, "max_attempts": max_attempts,
+            "retry_backoff": retry_backoff})["ids"]
+        return [str(i) for i in ids]
+
+    def await_children(self, workflow_id: str, epoch: int, step_no: int, ids: Sequence[str],
+                       mode: str, suspend: bool) -> tuple[list[dict[str, Any]] | None, bool]:
+        """The outcomes of the runs waited for ('all' or the 'first' to end) once the wait is
+        over (recorded as step `step_no`), else None; and whether the run was suspended (with
+        `suspend`, when every run waited for is a child of `workflow_id`)."""
+        row = self._one("await_children", {"id": workflow_id, "epoch": epoch,
+                                           "step_no": step_no, "ids": list(ids), "mode": mode,
+                                           "suspend": suspend})
+        results: list[dict[str, Any]] | None = row["results"] if row["ready"] else None
+        return results, bool(row["suspended"])
+
     # -- queues -------------------------------------------------------------------------------
 
     def declare_queue(self, name: str, concurrency: int | None, worker_concurrency: int | None,

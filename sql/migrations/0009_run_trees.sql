@@ -25,3 +25,20 @@ create table pgdurable.joins (
     wait_left  integer,
     wait_ids   text[]
 ) with (fillfactor = 50);  -- updated by every child that ends: room for HOT updates
+
+-- A child that becomes terminal (or is resumed) updates its parent's joins row in the same
+-- transaction, and wakes the parent when it was the last one it waited for. The function's
+-- current definition is in sql/functions/trees.sql; this one only lets the trigger be created.
+create function pgdurable.child_status_changed() returns trigger language plpgsql as $$
+begin
+    return null;
+end
+$$;
+
+create trigger workflows_child_status_changed
+    after update of status on pgdurable.workflows
+    for each row
+    when (new.parent_id is not null
+          and (old.status in ('succeeded', 'failed', 'cancelled'))
+              <> (new.status in ('succeeded', 'failed', 'cancelled')))
+    execute function pgdurable.child_status_changed();

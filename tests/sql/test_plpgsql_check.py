@@ -23,8 +23,10 @@ FINDINGS = """
            coalesce(c.detail, '') as detail, c.lineno, c.statement, c.query, c.context
       from pg_proc p
       join pg_language l on l.oid = p.prolang and l.lanname = 'plpgsql'
+     -- A trigger function is checked against the table of its trigger.
+      left join lateral (select tgrelid from pg_trigger where tgfoid = p.oid limit 1) t on true
      cross join lateral plpgsql_check_function_tb(
-               p.oid, fatal_errors => false, all_warnings => true) c
+               p.oid, coalesce(t.tgrelid, 0), fatal_errors => false, all_warnings => true) c
      where p.pronamespace = %(schema)s::regnamespace
      order by 1, c.lineno"""
 
@@ -43,6 +45,10 @@ KEPT: dict[tuple[str, str, str], tuple[int, str]] = {
     ("wake_due", *BIGINT_TO_INTEGER): (1, "count(*) of queues notified, returned as integer"),
     ("enqueue_runs", *BIGINT_TO_INTEGER): (
         1, "count(*) of one call's inserts, returned as integer"),
+    ("start_children", *BIGINT_TO_INTEGER): (
+        1, "count(*) of one call's inserts, returned as integer"),
+    ("await_children", *BIGINT_TO_INTEGER): (
+        2, "count(*) of the runs waited for or of a parent's open children, far below 2^31"),
     ("sleep_step", "target type is different type than source type",
      'cast "numeric" value to "double precision" type'): (
         1, "extract(epoch ...) is numeric; remaining_seconds is a double precision result"),
