@@ -1,9 +1,14 @@
 """An agent-style run: plan, fan out tool calls to a queue, gather them, summarise.
 
-The agent workflow enqueues one `tool_call` run per planned task with a deterministic id
-(`<agent id>:tool:<n>`), so a replay after a crash finds the same children instead of creating
-new ones. Workers on the `tools` queue run the calls in parallel (at most 4 at a time, at most
-10 starts per second); the agent waits for all of them, then summarises.
+The agent workflow starts one `tool_call` child per planned task (`tools.enqueue_many` inside a
+workflow: one checkpointed step, child ids `<agent id>:1:<n>`), so a replay after a crash finds
+the same children instead of creating new ones. Workers on the `tools` queue run the calls in
+parallel (at most 4 at a time, at most 10 starts per second); `pgdurable.gather` suspends the
+agent until the last of them ends, then it summarises.
+
+Kill the worker in the middle of the fan-out (`kill -9`), start another, and the run finishes
+with exactly five tool calls: the children already started are not started again, those that
+finished are not run again, and the agent is woken by whichever child ends last.
 
 Run it (from the repository root, after `pgdurable migrate`), in two terminals:
 
@@ -48,28 +53,19 @@ def search(task: str) -> str:
 
 
 @app.step()
-def dispatch(agent_id: str, tasks: list[str]) -> list[str]:
-    # Deterministic child ids make this step safe to run again: enqueue returns existing runs.
-    return [tools.enqueue(tool_call, task, workflow_id=f"{agent_id}:tool:{n}").workflow_id
-            for n, task in enumerate(tasks)]
-
-
-@app.step()
-def gather(child_ids: list[str]) -> list[ToolResult]:
-    return [app.retrieve(child).result(timeout=300) for child in child_ids]
-
-
-@app.step()
 def summarise(results: list[ToolResult]) -> str:
     return "; ".join(r.answer for r in results)
 
 
 @app.workflow()
 def agent(goal: str) -> str:
-    agent_id = pgdurable.workflow_id()
-    assert agent_id is not None
-    children = dispatch(agent_id, plan(goal))
-    return summarise(gather(children))
+    tasks = plan(goal)
+    # Inside a workflow, enqueue_many starts child runs as one checkpointed step: their ids are
+    # derived from the agent's id and the step number, so a replay finds the same children.
+    calls = tools.enqueue_many(tool_call, [(task,) for task in tasks])
+    # The agent is suspended until the last child ends (it holds no worker slot meanwhile);
+    # that child's own final commit wakes it, and the results come back typed, in order.
+    return summarise(pgdurable.gather(calls))
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ def test_agent_fanout_example_gathers_every_tool_call(dsn: str) -> None:
             worker.stop()
             thread.join(timeout=30)
         assert summary.count("findings for") == 5
-        children = [w for w in app.list_workflows(limit=50) if w.id.startswith("a1:tool:")]
-        assert sorted(w.id for w in children) == [f"a1:tool:{n}" for n in range(5)]
+        children = [w for w in app.list_workflows(limit=50) if w.id.startswith("a1:")]
+        assert sorted(w.id for w in children) == [f"a1:1:{n}" for n in range(5)]
         assert {w.status for w in children} == {"succeeded"}
         assert [s.name.rsplit(".", 1)[-1] for s in app.list_steps("a1")] == [
-            "plan", "dispatch", "gather", "summarise"]
+            "plan", "children", "gather", "summarise"]
     finally:
         app.close()
