@@ -33,6 +33,7 @@ from pgdurable.dev.config import resolve_dsn
 from pgdurable.store import migrate
 from pgdurable.store.database import connect
 from pgdurable_bench import backlog as bench_backlog
+from pgdurable_bench import fanout as bench_fanout
 from pgdurable_bench.app import build
 from pgdurable_bench.measure import BenchError, Processes
 from pgdurable_bench.report import rounded, summarize, table
@@ -52,9 +53,11 @@ from pgdurable_bench.sql import sql
 T = TypeVar("T")
 
 # Every scenario, in the order they run. `backlog` (a million-row fill and a minute of held
-# xmin per run) runs only when named; the others are the default.
+# xmin per run) and `fanout` (11,000 children per run) run only when named; the others are the
+# default.
 DEFAULT_SCENARIOS = list(SCENARIOS)
-ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, bench_backlog.SCENARIO: bench_backlog.backlog}
+ALL_SCENARIOS: dict[str, Scenario] = {**SCENARIOS, bench_backlog.SCENARIO: bench_backlog.backlog,
+                                      bench_fanout.SCENARIO: bench_fanout.fanout}
 
 
 class OneLineErrors(click.Command):
@@ -81,6 +84,8 @@ def plan(selected: Sequence[str]) -> list[str]:
 def _planned(name: str, settings: Settings) -> int:
     if name == bench_backlog.SCENARIO:
         return bench_backlog.LINES
+    if name == bench_fanout.SCENARIO:
+        return 2 * len(settings.fanout_children)
     return planned_lines(name, settings)
 
 
@@ -267,25 +272,32 @@ def _friendly(verbose: bool, fn: Callable[[], T]) -> T:
 @click.option("--xmin-seconds", type=click.IntRange(min=1), default=60, show_default=True,
               help="backlog: how long a snapshot is held open (the workload repeats meanwhile) "
               "in its third line.")
+@click.option("--children", "fanout_children", type=click.IntRange(min=1), multiple=True,
+              help="fanout: children of the parent, one pair of lines per value (repeatable; "
+              "default 1000 and 10000).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               help="Also write the JSON report to this file.")
 def bench_command(scenarios: tuple[str, ...], dsn: str | None, n: int, workers: int,
                   concurrency: int, steps: int | None, payload_bytes: int, repeat: int,
-                  backlog_rows: int, xmin_seconds: int, as_json: bool, out: Path | None) -> None:
+                  backlog_rows: int, xmin_seconds: int, fanout_children: tuple[int, ...],
+                  as_json: bool, out: Path | None) -> None:
     """Benchmark pgdurable against raw SQL on the same server.
 
     SCENARIO: baseline-sql, enqueue, queue, direct, transaction, latency (default: all of
     these), backlog (only when named: it fills a million-row backlog and holds xmin for a
-    minute, per run). Every line states its ratio to the yardstick of the same run:
+    minute, per run), fanout (only when named: one parent joins 1,000 and 10,000 children).
+    Every line states its ratio to the yardstick of the same run:
     baseline-sql (the same enqueue -> claim -> complete lifecycle in plain SQL), a raw INSERT
-    (enqueue), a raw one-commit-per-step loop (direct), a raw LISTEN loop (latency), or the
-    same workload on fresh tables (backlog).
+    (enqueue), a raw one-commit-per-step loop (direct), a raw LISTEN loop (latency), the
+    same workload on fresh tables (backlog), or the same number of runs enqueued with
+    enqueue_many and drained (fanout).
     """
     root = click.get_current_context().find_root().obj
     verbose = bool(root.get("verbose")) if isinstance(root, dict) else False
     settings = Settings(n, workers, concurrency, steps, payload_bytes, repeat,
-                        backlog_rows=backlog_rows, xmin_seconds=xmin_seconds)
+                        backlog_rows=backlog_rows, xmin_seconds=xmin_seconds,
+                        fanout_children=fanout_children or bench_fanout.SIZES)
     if out is not None and not out.parent.is_dir():  # fail now, not after the whole run
         raise click.ClickException(f"--out {out}: directory {out.parent} does not exist")
     chosen = plan(scenarios)

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from pgdurable.api.app import App
+from pgdurable.api.children import gather
 from pgdurable.api.decorators import WorkflowFunction
 from pgdurable.api.queues import Queue
 from pgdurable_bench.sql import sql
@@ -79,6 +80,12 @@ def build(dsn: str | None = None, *, pool_size: int = 10) -> BenchApp:
     @app.workflow(name="bench.transaction")
     def transaction(payload: str) -> None:
         insert_row(payload)
+
+    @app.workflow(name="bench.fanout")
+    def fanout(payload: str, children: int) -> int:
+        # `children` no-op children started as one step, joined with the parent suspended.
+        handles = queue.enqueue_many(noop_0, [(payload,)] * children)
+        return len(gather(handles))
 
     return BenchApp(app, queue, {0: noop_0, 1: noop_1, 3: noop_3}, noop_k, transaction)
 

@@ -315,3 +315,18 @@ select string_agg(status || ': ' || n, ', ' order by status) as statuses,
          order by created_at limit 1) as first_error
   from (select status, count(*) as n from pgdurable.workflows
          where status <> 'succeeded' and created_at >= %(since)s group by status) s
+
+-- name: fanout_stats
+-- The fan-out's parent (no parent_id) and its children: from the parent's first start to its
+-- finish; the parent's wake-up latency from the last child's finish to its join being recorded
+-- (the claim and replay that follow the wake-up included).
+select (select status from pgdurable.workflows where parent_id is null) as status,
+       (select count(*) from pgdurable.workflows
+         where parent_id is not null and status = 'succeeded') as children_ok,
+       extract(epoch from (select finished_at - started_at from pgdurable.workflows
+                            where parent_id is null))::float8 as seconds,
+       extract(epoch from (select s.finished_at from pgdurable.steps s
+                            join pgdurable.workflows w on w.id = s.workflow_id
+                           where w.parent_id is null and s.name = 'pgdurable.gather')
+                          - (select max(finished_at) from pgdurable.workflows
+                              where parent_id is not null))::float8 * 1000 as wake_ms

@@ -52,6 +52,7 @@ class Settings:
     repeat: int = 1
     backlog_rows: int = 1_000_000
     xmin_seconds: int = 60
+    fanout_children: tuple[int, ...] = (1_000, 10_000)
 
     @property
     def queue_steps(self) -> tuple[int, ...]:

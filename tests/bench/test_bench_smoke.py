@@ -218,3 +218,23 @@ def test_bad_input_is_one_error_line(args: list[str]) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error:"), lines[0]
+
+
+def test_fanout_joins_its_children_and_compares_with_a_drain(server_dsn: str,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "fanout.json"
+    result = subprocess.run(
+        _bench("fanout", "--dsn", server_dsn, "--children", "30", "--out", str(out)),
+        env=_env(), capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["settings"]["scenarios"] == ["fanout"]
+    entries = {e["name"]: e for e in report["results"]}
+    assert list(entries) == ["drain 30", "fanout 30"]
+    for entry in entries.values():
+        _check_entry(entry)
+    fan = entries["fanout 30"]
+    assert fan["count"] == 30 and fan["throughput"]["median"] > 0
+    assert fan["ratio"]["reference"] == "drain 30"
+    assert fan["latency_ms"]["wake"]["p50"] >= 0
