@@ -119,6 +119,8 @@ declare
     v_now      timestamptz := pgdurable.now();
     v_step     pgdurable.steps;
     v_open     integer;
+    v_found    integer;
+    v_distinct integer;
     v_all_open integer;
     v_results  jsonb;
 begin
@@ -145,16 +147,17 @@ begin
     -- The joins row lock orders this check against every child's end (which updates the row).
     insert into pgdurable.joins (parent_id) values (p_id) on conflict do nothing;
     perform 1 from pgdurable.joins where parent_id = p_id for update;
-    if (select count(*) from pgdurable.workflows w where w.id = any(p_ids))
-       < cardinality(array(select distinct unnest(p_ids))) then
+    v_distinct := cardinality(array(select distinct unnest(p_ids)));
+    -- One pass over the runs waited for: how many exist, how many have not ended.
+    select count(*), count(*) filter (where w.status not in ('succeeded', 'failed', 'cancelled'))
+      into v_found, v_open
+      from pgdurable.workflows w where w.id = any(p_ids);
+    if v_found < v_distinct then
         perform pgdurable.raise_error('PD004', format('a run waited for does not exist (%s)',
             (select string_agg(i, ', ') from unnest(p_ids) i
               where not exists (select 1 from pgdurable.workflows w where w.id = i))));
     end if;
-    select count(*) into v_open from pgdurable.workflows w
-     where w.id = any(p_ids) and w.status not in ('succeeded', 'failed', 'cancelled');
-    if (p_mode = 'all' and v_open = 0)
-       or (p_mode = 'first' and v_open < cardinality(array(select distinct unnest(p_ids)))) then
+    if (p_mode = 'all' and v_open = 0) or (p_mode = 'first' and v_open < v_distinct) then
         if p_mode = 'all' then
             select jsonb_agg(jsonb_build_object('id', w.id, 'name', w.name, 'status', w.status,
                                                 'output', w.output, 'error', w.error)

@@ -48,7 +48,7 @@ KEPT: dict[tuple[str, str, str], tuple[int, str]] = {
     ("start_children", *BIGINT_TO_INTEGER): (
         1, "count(*) of one call's inserts, returned as integer"),
     ("await_children", *BIGINT_TO_INTEGER): (
-        2, "count(*) of the runs waited for or of a parent's open children, far below 2^31"),
+        3, "count(*) of the runs waited for or of a parent's open children, far below 2^31"),
     ("sleep_step", "target type is different type than source type",
      'cast "numeric" value to "double precision" type'): (
         1, "extract(epoch ...) is numeric; remaining_seconds is a double precision result"),
