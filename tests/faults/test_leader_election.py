@@ -34,6 +34,11 @@ def is_pending(conn: Conn, wid: str) -> bool:
     return row == ("pending",)
 
 
+def _new_holder(conn: Conn, old: str) -> str | None:
+    holder = holder_of(conn, LEADER_KEY)
+    return holder if holder not in (None, old) else None
+
+
 def logged(proc: Proc, text: str) -> bool:
     return text in proc.stderr()
 
@@ -61,9 +66,8 @@ def test_kill_the_leader_and_the_standby_takes_over(dsn: str, conn: Conn, tmp_pa
             leader.kill()
             killed_at = time.monotonic()
             # The killed daemon's backend holds the lock until the server notices it is gone.
-            successor = wait_until(
-                lambda: (h if (h := holder_of(conn, LEADER_KEY)) not in (None, current)
-                         else None), timeout=30, interval=0.005, what="a new holder of the lock")
+            successor = wait_until(functools.partial(_new_holder, conn, current), timeout=30,
+                                   interval=0.005, what="a new holder of the lock")
             takeovers.append(time.monotonic() - killed_at)
             assert successor in daemons, f"{successor} leads, expected one of {set(daemons)}"
 
