@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 
 from tests.support.processes import Proc, processes
@@ -58,3 +59,22 @@ def test_a_killed_worker_mid_fan_out_duplicates_no_child(dsn: str, conn: Conn, t
     steps = conn.execute("select name from pgdurable.steps where workflow_id = 'fan' "
                          "order by step_no").fetchall()
     assert steps == [("pgdurable.children",), ("pgdurable.gather",)]
+
+
+@pytest.mark.slow
+def test_ten_thousand_children_join(dsn: str, conn: Conn, tmp_path: Path) -> None:
+    conn.execute(FANOUT_SCHEMA)
+    conn.execute("select pgdurable.declare_queue('fan')")
+    conn.execute("select pgdurable.enqueue('fan', 'fanout.parent', %s, 'fan')",
+                 (Jsonb({"args": [10_000], "kwargs": {}}),))
+    with processes() as procs:
+        procs.append(Proc(dsn, tmp_path, "fan-big", "worker", "apps.fanout:app",
+                          "--concurrency", "16", FANOUT_KID_SECONDS="0"))
+        wait_until(lambda: conn.execute("select status from pgdurable.workflows where id = 'fan'"
+                                        ).fetchone() == ("succeeded",),
+                   timeout=120, what="the parent to finish")
+    assert conn.execute("select output from pgdurable.workflows where id = 'fan'").fetchone() \
+        == (sum(i * i for i in range(10_000)),)
+    assert succeeded_children(conn) == 10_000
+    assert conn.execute("select count(distinct workflow_id) from fan_effects").fetchone() \
+        == (10_000,)
