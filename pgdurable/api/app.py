@@ -394,8 +394,8 @@ class App:
         inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
         if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
             raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
-        if conn is None and children.in_workflow():  # a child of the running workflow
-            return children.start_child(self, wf, inputs, workflow_id)
+        if children.in_workflow():  # a child of the running workflow
+            return children.start_child(self, wf, inputs, workflow_id, conn)
         wid = workflow_id or str(uuid.uuid4())
         executor = self.executor
         started = self.store.on(conn).start_workflow(wid, wf.name, inputs, executor.worker_id,

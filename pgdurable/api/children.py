@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg
+
 from pgdurable.api.handles import TERMINAL, WorkflowHandle
 from pgdurable.core.errors import (
     InvalidArgument,
@@ -50,11 +52,15 @@ def in_workflow() -> bool:
 
 
 def start_child(app: App, wf: WorkflowFunction[Any, R], inputs: dict[str, Any],
-                workflow_id: str | None) -> WorkflowHandle[R]:
+                workflow_id: str | None, conn: psycopg.Connection[Any] | None
+                ) -> WorkflowHandle[R]:
     """`app.start` inside a workflow: a checkpointed child on the 'default' queue, which this
     process then executes at once unless it runs already (a replay) or a worker took it."""
     ctx = _in_workflow()
     assert ctx is not None
+    if conn is not None:
+        raise InvalidArgument("inside a workflow, a child is started in the workflow's own "
+                              "checkpoint transaction: conn= is not supported there")
     [child] = children.start_children(ctx, "default", wf.name, [(workflow_id, inputs)],
                                       batch=False, max_attempts=wf.max_attempts,
                                       retry_backoff=wf.retry_backoff)
