@@ -65,6 +65,9 @@ select status, output, error, inserted
   from pgdurable.record_step(%(id)s, %(epoch)s, %(step_no)s, %(name)s, %(status)s,
                              %(output)s, %(error)s)
 
+-- name: fork
+select pgdurable.fork(%(id)s, %(from_step)s, %(new_id)s, %(queue)s) as id
+
 -- name: cancel
 select pgdurable.cancel(%(id)s) as status
 
@@ -75,18 +78,44 @@ select pg_xact_status(%(xact_id)s::xid8) as status
 -- name: get_workflow
 select id, name, status, inputs, output, error, attempt, owner, lease_until, available_at,
        case when status = 'pending' then waiting_for end as waiting_for,
-       created_at, started_at, finished_at, updated_at
+       parent_id, forked_from, created_at, started_at, finished_at, updated_at
   from pgdurable.workflows where id = %(id)s
 
 -- name: list_workflows
 select id, name, status, inputs, output, error, attempt, owner, lease_until, available_at,
        case when status = 'pending' then waiting_for end as waiting_for,
-       created_at, started_at, finished_at, updated_at
+       parent_id, forked_from, created_at, started_at, finished_at, updated_at
   from pgdurable.workflows
  where (%(status)s::text is null or status = %(status)s::text)
    and (%(name)s::text is null or name = %(name)s::text)
+   and (%(parent)s::text is null or parent_id = %(parent)s::text)
  order by created_at desc, id
  limit %(limit)s
+
+-- name: workflow_tree
+-- A run and its descendants, breadth first: at most `per_parent` children of each run (oldest
+-- first), `max_depth` levels below the root and `limit` rows in all. The recursion is pulled
+-- row by row, so the limit stops it early however big the tree is. `children` counts each
+-- shown run's children (shown or not), so a client can say how many it left out.
+with recursive tree as (
+    select w.id, w.parent_id, w.name, w.status, w.created_at, 0 as depth, array[w.id] as path
+      from pgdurable.workflows w where w.id = %(id)s
+    union all
+    select c.id, c.parent_id, c.name, c.status, c.created_at, t.depth + 1, t.path || c.id
+      from tree t
+     cross join lateral (select k.id, k.parent_id, k.name, k.status, k.created_at
+                           from pgdurable.workflows k
+                          where k.parent_id = t.id
+                          order by k.created_at, k.id
+                          limit %(per_parent)s) c
+     where t.depth < %(max_depth)s and not c.id = any(t.path)
+), shown as (
+    select * from tree limit %(limit)s
+)
+select s.id, s.parent_id, s.name, s.status, s.created_at, s.depth,
+       (select count(*) from pgdurable.workflows k where k.parent_id = s.id) as children
+  from shown s
+ order by s.depth, s.created_at, s.id
 
 -- name: list_steps
 select step_no, name, status, output, error, attempt, started_at, finished_at

@@ -32,7 +32,7 @@ BEGIN = ("<!-- BEGIN functions: generated from the comments in sql/functions/ by
          "tools/sql_reference.py; edit those, then run it -->")
 END = "<!-- END functions -->"
 # Reading order of the sections; a file not listed comes after these, by name.
-SECTION_ORDER = ("core", "runs", "steps", "sleep", "queues", "recovery", "schedules")
+SECTION_ORDER = ("core", "runs", "steps", "sleep", "queues", "forks", "recovery", "schedules")
 WIDTH = 96
 
 _COMMENT_ON = re.compile(r"^comment on function (pgdurable\.\w+\([^)]*\)) is", re.MULTILINE)

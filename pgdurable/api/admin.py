@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgdurable.api.handles import StepInfo, WorkflowInfo
+from pgdurable.api.handles import StepInfo, TreeNode, WorkflowInfo
 from pgdurable.core.errors import InvalidArgument, WorkflowNotFound
 from pgdurable.store.calls import Store
 
@@ -25,13 +25,59 @@ class Admin:
         return WorkflowInfo.model_validate(row)
 
     def list_workflows(
-        self, *, status: str | None = None, name: str | None = None, limit: int = 100
+        self, *, status: str | None = None, name: str | None = None, limit: int = 100,
+        parent: str | None = None,
     ) -> list[WorkflowInfo]:
-        """The most recent runs first, optionally filtered by status and workflow name."""
+        """The most recent runs first, optionally filtered by status, workflow name and parent
+        (`parent`: the children of that run)."""
         if limit < 1:
             raise InvalidArgument(f"limit must be >= 1, not {limit}")
-        rows = self.store.list_workflows(status, name, limit)
+        if parent is not None:
+            _check_id("parent", parent)
+        rows = self.store.list_workflows(status, name, limit, parent)
         return [WorkflowInfo.model_validate(r) for r in rows]
+
+    def workflow_tree(
+        self, workflow_id: str, *, max_depth: int = 20, per_parent: int = 100,
+        limit: int = 500,
+    ) -> TreeNode:
+        """A run and its descendants (one recursive statement), breadth first, bounded: at most
+        `per_parent` children of each run (oldest first), `max_depth` levels below it and
+        `limit` runs in all. A run whose children were left out says how many in `more`."""
+        _check_id("workflow_id", workflow_id)
+        for label, value in (("max_depth", max_depth), ("per_parent", per_parent),
+                             ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{label} must be an integer >= 1, not {value!r}")
+        rows = self.store.workflow_tree(workflow_id, max_depth=max_depth,
+                                        per_parent=per_parent, limit=limit)
+        if not rows:
+            raise WorkflowNotFound(f"workflow {workflow_id!r} does not exist")
+        nodes = {r["id"]: TreeNode(id=r["id"], name=r["name"], status=r["status"],
+                                   depth=r["depth"], parent_id=r["parent_id"],
+                                   more=r["children"]) for r in rows}
+        for r in rows[1:]:  # ordered by depth, then age: a parent comes before its children
+            parent_node = nodes[r["parent_id"]]
+            parent_node.children.append(nodes[r["id"]])
+            parent_node.more -= 1
+        return nodes[rows[0]["id"]]
+
+    def fork(
+        self, original_id: str, /, *, from_step: int, workflow_id: str | None = None,
+        queue: str | None = None,
+    ) -> str:
+        """Fork run `original_id`: a new queued run with its inputs and copies of its recorded
+        steps 0..from_step-1, which a worker replays and continues from step `from_step`. The
+        original is not changed. Returns the new run's id (`workflow_id`, or a UUID); retried
+        with the same id, it returns the same fork."""
+        _check_id("the run to fork", original_id)
+        if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
+            raise InvalidArgument(f"from_step must be an integer >= 0, not {from_step!r}")
+        if workflow_id is not None:
+            _check_id("workflow_id", workflow_id)
+        if queue is not None:
+            _check_id("queue", queue)
+        return self.store.fork(original_id, from_step, workflow_id, queue)
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
         """The recorded steps of a run, in order."""
@@ -63,3 +109,8 @@ class Admin:
         """Every cron schedule stored in the database: expression, workflow, queue, time zone,
         the last tick handled, and the error of the latest tick that could not fire."""
         return self.store.list_schedules()
+
+
+def _check_id(label: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{label} must be a non-empty string, not {value!r}")

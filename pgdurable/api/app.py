@@ -469,9 +469,16 @@ class App:
         return self.admin.get_workflow(workflow_id)
 
     def list_workflows(
-        self, *, status: str | None = None, name: str | None = None, limit: int = 100
+        self, *, status: str | None = None, name: str | None = None, limit: int = 100,
+        parent: str | None = None,
     ) -> list[WorkflowInfo]:
-        return self.admin.list_workflows(status=status, name=name, limit=limit)
+        return self.admin.list_workflows(status=status, name=name, limit=limit, parent=parent)
+
+    def fork(self, original_id: str, /, *, from_step: int, workflow_id: str | None = None,
+             queue: str | None = None) -> WorkflowHandle[Any]:
+        """`admin.fork` (api/admin.py), returning the new run's handle."""
+        return WorkflowHandle(self, self.admin.fork(
+            original_id, from_step=from_step, workflow_id=workflow_id, queue=queue))
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
         return self.admin.list_steps(workflow_id)

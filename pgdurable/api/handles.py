@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -40,6 +41,8 @@ class WorkflowInfo(pydantic.BaseModel):
     available_at: datetime | None = None  # a pending run: claimable from then (delay, sleep)
     # A suspended (pending) run: the condition it waits for ('sleep', ...); None otherwise.
     waiting_for: str | None = None
+    parent_id: str | None = None  # the run that started this one (a child), if any
+    forked_from: str | None = None  # the run whose checkpoints a fork copied, if any
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -57,6 +60,25 @@ class StepInfo(pydantic.BaseModel):
     attempt: int
     started_at: datetime
     finished_at: datetime | None = None
+
+
+class TreeNode(pydantic.BaseModel):
+    """One run of a tree (`Admin.workflow_tree`): its place and status, and its children."""
+
+    id: str
+    name: str
+    status: str
+    depth: int  # 0 for the run asked for
+    parent_id: str | None = None
+    children: list[TreeNode] = []
+    # How many of its children are not in `children` (the tree was cut at its bounds).
+    more: int = 0
+
+    def walk(self) -> Iterator[TreeNode]:
+        """This run and its shown descendants, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
 
 
 class WorkflowHandle(Generic[R]):

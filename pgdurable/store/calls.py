@@ -246,8 +246,22 @@ class Store:
     def get_workflow(self, workflow_id: str) -> Row | None:
         return self._maybe("get_workflow", {"id": workflow_id})
 
-    def list_workflows(self, status: str | None, name: str | None, limit: int) -> list[Row]:
-        return self._all("list_workflows", {"status": status, "name": name, "limit": limit})
+    def list_workflows(self, status: str | None, name: str | None, limit: int,
+                       parent: str | None = None) -> list[Row]:
+        return self._all("list_workflows", {"status": status, "name": name, "limit": limit,
+                                            "parent": parent})
+
+    def workflow_tree(self, workflow_id: str, *, max_depth: int, per_parent: int, limit: int
+                      ) -> list[Row]:
+        """A run and its descendants, breadth first, bounded (no row: no such run)."""
+        return self._all("workflow_tree", {"id": workflow_id, "max_depth": max_depth,
+                                           "per_parent": per_parent, "limit": limit})
+
+    def fork(self, workflow_id: str, from_step: int, new_id: str | None, queue: str | None
+             ) -> str:
+        """A new queued run with `workflow_id`'s inputs and steps 0..from_step-1; its id."""
+        return str(self._one("fork", {"id": workflow_id, "from_step": from_step,
+                                      "new_id": new_id, "queue": queue})["id"])
 
     def list_steps(self, workflow_id: str) -> list[Row]:
         return self._all("list_steps", {"id": workflow_id})

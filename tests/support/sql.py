@@ -183,6 +183,18 @@ def steps(conn: Conn, wid: str) -> list[Row]:
     )
 
 
+def fork(conn: Conn, wid: str, from_step: int | None, new_id: str | None = None,
+         queue: str | None = None) -> str:
+    return str(scalar(conn, "select pgdurable.fork(%s, %s, %s, %s)",
+                      (wid, from_step, new_id, queue)))
+
+
+def set_parent(conn: Conn, parent: str, *children: str) -> None:
+    """Make `children` children of `parent` (as a child start will record it)."""
+    conn.execute("update pgdurable.workflows set parent_id = %s where id = any(%s)",
+                 (parent, list(children)))
+
+
 # -- queues ---------------------------------------------------------------------------------------
 
 
