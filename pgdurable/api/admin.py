@@ -6,11 +6,14 @@ only the store, so it works from any process, whether or not it imports the work
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from pgdurable.api.handles import StepInfo, TreeNode, WorkflowInfo
+from pgdurable.api.handles import StepInfo, TreeNode, WorkflowHandle, WorkflowInfo
 from pgdurable.core.errors import InvalidArgument, WorkflowNotFound
 from pgdurable.store.calls import Store
+
+if TYPE_CHECKING:
+    from pgdurable.api.app import App
 
 
 class Admin:
@@ -114,3 +117,48 @@ class Admin:
 def _check_id(label: str, value: object) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidArgument(f"{label} must be a non-empty string, not {value!r}")
+
+
+class AdminShortcuts:
+    """The admin surface under the App's own names: `app.cancel(id)` is `app.admin.cancel(id)`
+    (the App keeps the names users know; the CLI and the dashboard use `app.admin`)."""
+
+    @property
+    def admin(self) -> Admin:
+        raise NotImplementedError
+
+    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
+        return self.admin.get_workflow(workflow_id)
+
+    def list_workflows(
+        self, *, status: str | None = None, name: str | None = None, limit: int = 100,
+        parent: str | None = None,
+    ) -> list[WorkflowInfo]:
+        return self.admin.list_workflows(status=status, name=name, limit=limit, parent=parent)
+
+    def fork(self, original_id: str, /, *, from_step: int, workflow_id: str | None = None,
+             queue: str | None = None) -> WorkflowHandle[Any]:
+        """`admin.fork` (api/admin.py), returning the new run's handle."""
+        return WorkflowHandle(cast("App", self), self.admin.fork(
+            original_id, from_step=from_step, workflow_id=workflow_id, queue=queue))
+
+    def list_steps(self, workflow_id: str) -> list[StepInfo]:
+        return self.admin.list_steps(workflow_id)
+
+    def cancel(self, workflow_id: str) -> str:
+        return self.admin.cancel(workflow_id)
+
+    def requeue(self, workflow_id: str) -> str:
+        return self.admin.requeue(workflow_id)
+
+    def queue_stats(self) -> list[dict[str, Any]]:
+        return self.admin.queue_stats()
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        return self.admin.list_schedules()
+
+    def pause_queue(self, name: str) -> None:
+        self.admin.pause_queue(name)
+
+    def resume_queue(self, name: str) -> None:
+        self.admin.resume_queue(name)

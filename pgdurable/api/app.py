@@ -15,9 +15,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 import psycopg
 
 from pgdurable.api import children
-from pgdurable.api.admin import Admin
+from pgdurable.api.admin import Admin, AdminShortcuts
 from pgdurable.api.decorators import StepFunction, TransactionFunction, WorkflowFunction
-from pgdurable.api.handles import StepInfo, WorkflowHandle, WorkflowInfo
+from pgdurable.api.handles import WorkflowHandle
 from pgdurable.api.queues import Queue, RateLimit
 from pgdurable.api.schedules import Schedule, declare_all
 from pgdurable.core.definitions import Registry, RetryPolicy, default_name
@@ -54,7 +54,7 @@ class _Connected:
     executor: Executor
 
 
-class App:
+class App(AdminShortcuts):
     """A pgdurable application: where the database is, and what it can run.
 
     `dsn`: a libpq connection string. Default: PGDURABLE_DSN, else libpq's PG* variables, else
@@ -462,41 +462,3 @@ class App:
             return False
         self.executor.submit(self.resolve(execution.name), execution)
         return True
-
-    # -- the admin surface under the App's own names (see api/admin.py) ------------------
-
-    def get_workflow(self, workflow_id: str) -> WorkflowInfo:
-        return self.admin.get_workflow(workflow_id)
-
-    def list_workflows(
-        self, *, status: str | None = None, name: str | None = None, limit: int = 100,
-        parent: str | None = None,
-    ) -> list[WorkflowInfo]:
-        return self.admin.list_workflows(status=status, name=name, limit=limit, parent=parent)
-
-    def fork(self, original_id: str, /, *, from_step: int, workflow_id: str | None = None,
-             queue: str | None = None) -> WorkflowHandle[Any]:
-        """`admin.fork` (api/admin.py), returning the new run's handle."""
-        return WorkflowHandle(self, self.admin.fork(
-            original_id, from_step=from_step, workflow_id=workflow_id, queue=queue))
-
-    def list_steps(self, workflow_id: str) -> list[StepInfo]:
-        return self.admin.list_steps(workflow_id)
-
-    def cancel(self, workflow_id: str) -> str:
-        return self.admin.cancel(workflow_id)
-
-    def requeue(self, workflow_id: str) -> str:
-        return self.admin.requeue(workflow_id)
-
-    def queue_stats(self) -> list[dict[str, Any]]:
-        return self.admin.queue_stats()
-
-    def list_schedules(self) -> list[dict[str, Any]]:
-        return self.admin.list_schedules()
-
-    def pause_queue(self, name: str) -> None:
-        self.admin.pause_queue(name)
-
-    def resume_queue(self, name: str) -> None:
-        self.admin.resume_queue(name)

@@ -53,20 +53,19 @@ def test_calling_a_workflow_function_runs_it_durably_and_waits(app: pgdurable.Ap
     assert seen == [run.id] and run.status == "succeeded"
 
 
-def test_a_workflow_called_inside_a_workflow_is_refused(app: pgdurable.App) -> None:
+def test_a_workflow_called_inside_a_workflow_is_a_child(app: pgdurable.App) -> None:
+    # (Until child workflows existed this was refused; issue 9 made it a child and a wait.)
     @app.workflow()
     def child() -> int:
         return 1
 
     @app.workflow()
     def parent() -> int:
-        return child()
+        return child() + 1
 
-    with pytest.raises(pgdurable.WorkflowFailed) as failed:
-        app.start(parent, workflow_id="p").result(timeout=10)
-    assert failed.value.type_name == "pgdurable.errors.PgDurableError"
-    assert "child" in failed.value.message
-    assert len(app.list_workflows()) == 1
+    assert app.start(parent, workflow_id="p").result(timeout=10) == 2
+    assert [(r.id, r.parent_id) for r in app.list_workflows(parent="p")] == [("p:0", "p")]
+    assert [s.name for s in app.list_steps("p")] == ["pgdurable.children", "pgdurable.gather"]
 
 
 def test_registering_two_functions_under_one_name_is_an_error(app: pgdurable.App) -> None:
