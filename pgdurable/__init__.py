@@ -25,11 +25,13 @@ from pgdurable.core.errors import (
     SerializationError,
     StepFailed,
     StepOutcomeUnknown,
+    StepTimeout,
     UnknownQueue,
     WorkflowCancelled,
     WorkflowConflict,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowTimeout,
 )
 from pgdurable.runtime.context import workflow_id
 from pgdurable.runtime.recovery import RecoveryDaemon, RecoverySettings
@@ -58,6 +60,7 @@ __all__ = [
     "StepFunction",
     "StepInfo",
     "StepOutcomeUnknown",
+    "StepTimeout",
     "TransactionFunction",
     "UnknownQueue",
     "Worker",
@@ -68,6 +71,7 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowInfo",
     "WorkflowNotFound",
+    "WorkflowTimeout",
     "__version__",
     "sleep",
     "workflow_id",

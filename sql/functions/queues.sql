@@ -120,7 +120,7 @@ declare
 begin
     perform pgdurable.check_enqueue_options(p_queue, p_name, p_delay_seconds, p_max_attempts,
                                             p_retry_backoff);
-    v_timeout_at := pgdurable.timeout_at(p_timeout_seconds);
+    v_timeout_at := pgdurable.timeout_at(v_now, p_timeout_seconds);
     if jsonb_typeof(p_inputs) is distinct from 'object' then
         perform pgdurable.raise_error('PD006',
             'inputs must be a JSON object like {"args": [...], "kwargs": {...}}');
@@ -270,7 +270,7 @@ declare
 begin
     perform pgdurable.check_enqueue_options(p_queue, p_name, p_delay_seconds, p_max_attempts,
                                             p_retry_backoff);
-    v_timeout_at := pgdurable.timeout_at(p_timeout_seconds);
+    v_timeout_at := pgdurable.timeout_at(v_now, p_timeout_seconds);
     if jsonb_typeof(p_runs) is distinct from 'array' then
         perform pgdurable.raise_error('PD006', 'runs must be a JSON array of [id, inputs] pairs');
     end if;

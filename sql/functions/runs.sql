@@ -22,7 +22,7 @@ declare
     v_timeout_at timestamptz;
 begin
     perform pgdurable.check_lease(p_lease_seconds);
-    v_timeout_at := pgdurable.timeout_at(p_timeout_seconds);
+    v_timeout_at := pgdurable.timeout_at(v_now, p_timeout_seconds);
     insert into pgdurable.workflows as w
            (id, name, status, inputs, attempt, owner, lease_until, started_at, created_at,
             updated_at, timeout_at)
@@ -73,7 +73,8 @@ a paused queue), the existing run is returned with `started = false` (its stored
 PD006 (lease; a timeout that is not > 0 and finite), PD002. Locks: the inserted or existing row;
 a concurrent insert of the same id waits for the first transaction to end.$$;
 
-create or replace function pgdurable.timeout_at(p_timeout_seconds double precision)
+create or replace function pgdurable.timeout_at(
+    p_created_at timestamptz, p_timeout_seconds double precision)
 returns timestamptz language plpgsql as $$
 begin
     if p_timeout_seconds is null then
@@ -84,14 +85,14 @@ begin
         perform pgdurable.raise_error('PD006', format(
             'timeout must be > 0 seconds and finite, not %s', p_timeout_seconds));
     end if;
-    return pgdurable.now() + make_interval(secs => p_timeout_seconds);
+    return p_created_at + make_interval(secs => p_timeout_seconds);
 end
 $$;
 
-comment on function pgdurable.timeout_at(double precision) is
+comment on function pgdurable.timeout_at(timestamptz, double precision) is
 $$Internal helper of `start_workflow`, `enqueue` and `enqueue_runs`: the `timeout_at` of a run
-created now with a timeout of `p_timeout_seconds`, `now() + p_timeout_seconds` (null when
-`p_timeout_seconds` is null). Errors: PD006 unless `p_timeout_seconds` is > 0 and finite.$$;
+created at `p_created_at` with a timeout of `p_timeout_seconds`, `p_created_at +
+p_timeout_seconds` (null when `p_timeout_seconds` is null). Errors: PD006 unless `p_timeout_seconds` is > 0 and finite.$$;
 
 create or replace function pgdurable.acquire(
     p_id text, p_owner text, p_lease_seconds double precision)
