@@ -170,12 +170,12 @@ inputs `p_inputs` (`{"args": [...], "kwargs": {...}}`), id `p_id` (a UUID when n
 `p_partition_key`, `p_deadline` (cancelled if not started by then), `p_max_attempts`,
 `p_retry_backoff` and `p_timeout_seconds` (null: none; else `timeout_at = now() +
 p_timeout_seconds`, a deadline for the whole run, waits included, after which `recover_sweep`
-cancels it with its subtree), and its `ready` row. Sends `NOTIFY pgdurable, '<queue>'` when there is no
-delay. If the id exists, or a `pending` / `running` run of this queue has the same `p_dedup_key`,
+cancels it with its subtree), and its `ready` row. Sends `NOTIFY pgdurable, '<queue>'` when there is
+no delay. If the id exists, or a `pending` / `running` run of this queue has the same `p_dedup_key`,
 that run's id is returned and nothing is written (PD002 if it belongs to another workflow name).
 Errors: PD007 (unknown queue), PD006 (empty name, negative delay, `max_attempts` < 1, negative
-`retry_backoff`, a timeout not > 0 and finite, `p_inputs` not a JSON object), PD002. Run in the caller's transaction, the run
-and the notification appear at commit.$$;
+`retry_backoff`, a timeout not > 0 and finite, `p_inputs` not a JSON object), PD002. Run in the
+caller's transaction, the run and the notification appear at commit.$$;
 
 create or replace function pgdurable.enqueue_many(
     p_queue text,
@@ -323,13 +323,13 @@ comment on function pgdurable.enqueue_runs(text, text, jsonb, integer, double pr
     timestamptz, integer, double precision, double precision) is
 $$Enqueues runs of workflow `p_name` on queue `p_queue` like `enqueue_many` (`p_priority`,
 `p_delay_seconds`, `p_partition_key`, `p_deadline`, `p_max_attempts`, `p_retry_backoff` and
-`p_timeout_seconds` apply to every run), but the runs come as one JSON array `p_runs` of `[id, inputs]` pairs (`[["id-1",
-{"args": [1], "kwargs": {}}], ...]`), which a client encodes in one call and sends as one
-parameter: what `Queue.enqueue_many` sends. Ids are required strings (the client chooses them, so
-a retried call is idempotent). Writes the runs in array order with their `ready` rows and one
-notification (none with a delay); an id that already exists is left as it is. Returns how many
-runs it wrote. Errors: as `enqueue_many`, plus PD006 when `p_runs` is not an array or an id is
-not a string, and PD002 when an existing id belongs to another workflow name (checked only when
+`p_timeout_seconds` apply to every run), but the runs come as one JSON array `p_runs` of `[id,
+inputs]` pairs (`[["id-1", {"args": [1], "kwargs": {}}], ...]`), which a client encodes in one call
+and sends as one parameter: what `Queue.enqueue_many` sends. Ids are required strings (the client
+chooses them, so a retried call is idempotent). Writes the runs in array order with their `ready`
+rows and one notification (none with a delay); an id that already exists is left as it is. Returns
+how many runs it wrote. Errors: as `enqueue_many`, plus PD006 when `p_runs` is not an array or an id
+is not a string, and PD002 when an existing id belongs to another workflow name (checked only when
 some id existed).$$;
 
 create or replace function pgdurable.claim(

@@ -91,8 +91,9 @@ $$;
 
 comment on function pgdurable.timeout_at(timestamptz, double precision) is
 $$Internal helper of `start_workflow`, `enqueue` and `enqueue_runs`: the `timeout_at` of a run
-created at `p_created_at` with a timeout of `p_timeout_seconds`, `p_created_at +
-p_timeout_seconds` (null when `p_timeout_seconds` is null). Errors: PD006 unless `p_timeout_seconds` is > 0 and finite.$$;
+created at `p_created_at` with a timeout of `p_timeout_seconds`, `p_created_at + p_timeout_seconds`
+(null when `p_timeout_seconds` is null). Errors: PD006 unless `p_timeout_seconds` is > 0
+and finite.$$;
 
 create or replace function pgdurable.acquire(
     p_id text, p_owner text, p_lease_seconds double precision)
