@@ -26,11 +26,13 @@ from pgdurable.core.errors import (
     SerializationError,
     StepFailed,
     StepOutcomeUnknown,
+    StepTimeout,
     UnknownQueue,
     WorkflowCancelled,
     WorkflowConflict,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowTimeout,
 )
 from pgdurable.runtime.context import workflow_id
 from pgdurable.runtime.recovery import RecoveryDaemon, RecoverySettings
@@ -59,6 +61,7 @@ __all__ = [
     "StepFunction",
     "StepInfo",
     "StepOutcomeUnknown",
+    "StepTimeout",
     "TransactionFunction",
     "UnknownQueue",
     "Worker",
@@ -69,6 +72,7 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowInfo",
     "WorkflowNotFound",
+    "WorkflowTimeout",
     "__version__",
     "gather",
     "sleep",

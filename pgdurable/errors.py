@@ -20,11 +20,13 @@ from pgdurable.core.errors import (
     SerializationError,
     StepFailed,
     StepOutcomeUnknown,
+    StepTimeout,
     UnknownQueue,
     WorkflowCancelled,
     WorkflowConflict,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowTimeout,
     from_sqlstate,
 )
 
@@ -42,10 +44,12 @@ __all__ = [
     "SerializationError",
     "StepFailed",
     "StepOutcomeUnknown",
+    "StepTimeout",
     "UnknownQueue",
     "WorkflowCancelled",
     "WorkflowConflict",
     "WorkflowFailed",
     "WorkflowNotFound",
+    "WorkflowTimeout",
     "from_sqlstate",
 ]

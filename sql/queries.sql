@@ -40,7 +40,8 @@ select coalesce(max(version), 0) as version from pgdurable.migrations
 
 -- name: start_workflow
 select id, name, status, epoch, inputs, started, xact_id
-  from pgdurable.start_workflow(%(id)s, %(name)s, %(inputs)s, %(owner)s, %(lease_seconds)s)
+  from pgdurable.start_workflow(%(id)s, %(name)s, %(inputs)s, %(owner)s, %(lease_seconds)s,
+                                %(timeout_seconds)s)
 
 -- name: acquire
 select id, name, status, epoch, inputs
@@ -51,7 +52,12 @@ select id, name, status, epoch, inputs
   from pgdurable.resume(%(id)s, %(owner)s, %(lease_seconds)s)
 
 -- name: heartbeat
-select pgdurable.heartbeat(%(owner)s, %(ids)s::text[], %(lease_seconds)s) as renewed
+-- `lost`: the runs among `ids` that exist and are no longer running under `owner` (cancelled,
+-- timed out, taken over): the executor stops them before their next step.
+select pgdurable.heartbeat(%(owner)s, %(ids)s::text[], %(lease_seconds)s) as renewed,
+       array(select w.id from pgdurable.workflows w
+              where w.id = any(%(ids)s::text[])
+                and (w.status <> 'running' or w.owner is distinct from %(owner)s)) as lost
 
 -- name: load_steps
 select step_no, name, status, output, error from pgdurable.load_steps(%(id)s, %(epoch)s)
@@ -69,7 +75,7 @@ select status, output, error, inserted
 select pgdurable.fork(%(id)s, %(from_step)s, %(new_id)s, %(queue)s) as id
 
 -- name: cancel
-select pgdurable.cancel(%(id)s) as status
+select pgdurable.cancel(%(id)s, %(cascade)s) as status
 
 -- name: xact_status
 -- 'committed', 'aborted' or 'in progress' for the transaction that created a run.
@@ -144,13 +150,13 @@ select name, paused, concurrency, worker_concurrency, rate_limit, rate_period_se
 -- name: enqueue
 select pgdurable.enqueue(%(queue)s, %(name)s, %(inputs)s, %(id)s, %(priority)s,
                          %(delay_seconds)s, %(dedup_key)s, %(partition_key)s, %(deadline)s,
-                         %(max_attempts)s, %(retry_backoff)s) as id
+                         %(max_attempts)s, %(retry_backoff)s, %(timeout_seconds)s) as id
 
 -- name: enqueue_many
 -- `runs`: one JSON array of [id, inputs] pairs (see pgdurable.enqueue_runs).
 select pgdurable.enqueue_runs(%(queue)s, %(name)s, %(runs)s, %(priority)s, %(delay_seconds)s,
                               %(partition_key)s, %(deadline)s, %(max_attempts)s,
-                              %(retry_backoff)s) as written
+                              %(retry_backoff)s, %(timeout_seconds)s) as written
 
 -- name: claim
 select id, name, epoch, inputs, queue, has_steps
@@ -210,7 +216,8 @@ select kind, ord, status, output, error, inserted, sqlstate, message
 -- `runs`: one JSON array of [id, inputs] pairs (see pgdurable.start_children).
 select pgdurable.start_children(%(parent)s, %(epoch)s, %(step_no)s, %(queue)s, %(name)s,
                                 %(runs)s, %(priority)s, %(delay_seconds)s, %(partition_key)s,
-                                %(deadline)s, %(max_attempts)s, %(retry_backoff)s) as ids
+                                %(deadline)s, %(max_attempts)s, %(retry_backoff)s,
+                                %(timeout_seconds)s) as ids
 
 -- name: await_children
 select ready, suspended, results

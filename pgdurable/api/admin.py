@@ -86,10 +86,14 @@ class Admin:
         """The recorded steps of a run, in order."""
         return [StepInfo.model_validate(r) for r in self.store.list_steps(workflow_id)]
 
-    def cancel(self, workflow_id: str) -> str:
-        """Cancel a run that has not finished; its execution stops at its next checkpoint.
-        Returns the run's status afterwards."""
-        return self.store.cancel(workflow_id)
+    def cancel(self, workflow_id: str, *, cascade: bool = True) -> str:
+        """Cancel a run that has not finished and, with `cascade` (the default), every
+        unfinished descendant, in one transaction. A cancelled run starts no further step body;
+        a step body running when the cancel lands runs to its end and its result is refused.
+        Returns the run's status afterwards (WorkflowNotFound for an unknown id)."""
+        if not isinstance(cascade, bool):
+            raise InvalidArgument(f"cascade must be True or False, not {cascade!r}")
+        return self.store.cancel(workflow_id, cascade)
 
     def requeue(self, workflow_id: str) -> str:
         """Put a failed, cancelled or abandoned run back on its queue for a worker to

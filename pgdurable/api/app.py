@@ -4,23 +4,22 @@ lifecycle, and starting and continuing runs. Reading and steering runs is the ad
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar, overload
 
 import psycopg
 
-from pgdurable.api import children
+from pgdurable.api import children, starting
 from pgdurable.api.admin import Admin, AdminShortcuts
 from pgdurable.api.decorators import StepFunction, TransactionFunction, WorkflowFunction
 from pgdurable.api.handles import WorkflowHandle
 from pgdurable.api.queues import Queue, RateLimit
 from pgdurable.api.schedules import Schedule, declare_all
-from pgdurable.core.definitions import Registry, RetryPolicy, default_name
+from pgdurable.core.definitions import Registry, RetryPolicy, check_timeout, default_name
 from pgdurable.core.errors import InvalidArgument, RegistrationError, SerializationError
 from pgdurable.dev.config import resolve_dsn
 from pgdurable.runtime.bundle import Runtime
@@ -186,14 +185,19 @@ class App(AdminShortcuts):
     # -- registration ----------------------------------------------------------------------
 
     def workflow(
-        self, *, name: str | None = None, max_attempts: int = 1, retry_backoff: float = 1.0
+        self, *, name: str | None = None, max_attempts: int = 1, retry_backoff: float = 1.0,
+        timeout: float | timedelta | None = None,
     ) -> Callable[[Callable[P, R]], WorkflowFunction[P, R]]:
         """Register a durable workflow. Its steps are checkpointed; after a crash, a new
         execution replays recorded steps and continues from the first unrecorded one.
 
         `max_attempts`: executions a queued run gets when it fails (retries are scheduled in SQL
         after `retry_backoff * 2^(n-1)` seconds, keeping checkpoints); then it ends `failed`.
+        `timeout`: seconds (or timedelta) for the whole run from its creation, waits included;
+        then the recovery sweep cancels it with its subtree (WorkflowTimeout). Per-call
+        `timeout=` on `start`/`enqueue` overrides it.
         """
+        seconds = check_timeout("timeout", timeout)
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
                 or max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
@@ -204,7 +208,7 @@ class App(AdminShortcuts):
             wf_name = name or default_name(fn)
             self.registry.claim_name(wf_name, "workflow", fn)
             wf = WorkflowFunction(self, fn, wf_name, max_attempts=max_attempts,
-                                  retry_backoff=retry_backoff)
+                                  retry_backoff=retry_backoff, timeout=seconds)
             self.registry.workflows[wf_name] = wf
             return wf
 
@@ -220,19 +224,23 @@ class App(AdminShortcuts):
         max_interval: float = 60.0,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         at_most_once: bool = False,
+        timeout: float | timedelta | None = None,
     ) -> Callable[[Callable[P, R]], StepFunction[P, R]]:
         """Register a step: its output is recorded once and replayed, never re-run.
 
         The body runs at least once (a crash after it ran but before its checkpoint committed
         runs it again). `at_most_once=True` commits an intent first and never runs the body
-        again after such a crash: the workflow sees StepOutcomeUnknown instead.
+        again after such a crash: the workflow sees StepOutcomeUnknown instead. `timeout`:
+        seconds per attempt; an overrunning attempt fails with StepTimeout (retried per the
+        policy) and its body is abandoned, running to its end in a helper thread.
         """
         policy = RetryPolicy(retries, interval, backoff, max_interval, tuple(retry_on))
+        seconds = check_timeout("timeout", timeout)
 
         def register(fn: Callable[P, R]) -> StepFunction[P, R]:
             step_name = name or default_name(fn)
             self.registry.claim_name(step_name, "step", fn)
-            step = StepFunction(self, fn, step_name, policy, at_most_once)
+            step = StepFunction(self, fn, step_name, policy, at_most_once, seconds)
             self.registry.steps[step_name] = step
             return step
 
@@ -349,6 +357,7 @@ class App(AdminShortcuts):
         *args: Any,
         workflow_id: str | None = None,
         conn: psycopg.Connection[Any] | None = None,
+        timeout: float | timedelta | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[R]: ...
 
@@ -359,6 +368,7 @@ class App(AdminShortcuts):
         *args: Any,
         workflow_id: str | None = None,
         conn: psycopg.Connection[Any] | None = None,
+        timeout: float | timedelta | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[Any]: ...
 
@@ -368,6 +378,7 @@ class App(AdminShortcuts):
         *args: Any,
         workflow_id: str | None = None,
         conn: psycopg.Connection[Any] | None = None,
+        timeout: float | timedelta | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[Any]:
         """Start a run of a workflow in this process and return its handle.
@@ -376,9 +387,11 @@ class App(AdminShortcuts):
         returned and nothing new runs (if its owner's lease expired, this process takes it
         over and continues it from its checkpoints). With `conn`, the run is created inside the
         caller's transaction and executes only once that transaction commits; on rollback it
-        never existed.
+        never existed. A run that exists and is pending is left to its queue. `timeout`: as
+        `@app.workflow(timeout=)`, for this run (ignored when the run exists).
         """
-        return self.start_run(self.resolve(fn), args, kwargs, workflow_id=workflow_id, conn=conn)
+        return self.start_run(self.resolve(fn), args, kwargs, workflow_id=workflow_id, conn=conn,
+                              timeout=timeout)
 
     def start_run(
         self,
@@ -388,27 +401,14 @@ class App(AdminShortcuts):
         *,
         workflow_id: str | None = None,
         conn: psycopg.Connection[Any] | None = None,
+        timeout: float | timedelta | None = None,
     ) -> WorkflowHandle[R]:
         """`start` with the workflow's arguments passed as a tuple and a dict (no clash with
-        the `workflow_id` / `conn` keywords)."""
-        inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
-        if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
-            raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
+        the `workflow_id` / `conn` / `timeout` keywords)."""
         if children.in_workflow():  # a child of the running workflow
-            return children.start_child(self, wf, inputs, workflow_id, conn)
-        wid = workflow_id or str(uuid.uuid4())
-        executor = self.executor
-        started = self.store.on(conn).start_workflow(wid, wf.name, inputs, executor.worker_id,
-                                                     self.lease_seconds)
-        xact = started.xact_id if conn is not None else None
-        if started.execution is not None:
-            # Epoch 1 is a run's first execution ever: it has no checkpoints to load. (Created
-            # on the caller's connection, the run may still vanish with a rolled-back
-            # savepoint: there load_steps also checks that it exists before anything runs.)
-            has_steps = started.execution.epoch > 1 or conn is not None
-            executor.submit(wf, dataclasses.replace(started.execution, has_steps=has_steps),
-                            after_xact=xact)
-        return WorkflowHandle(self, wid, created_in_xact=xact)
+            return children.start_child(self, wf, args, kwargs, workflow_id, conn, timeout)
+        return starting.start_run(self, wf, args, kwargs, workflow_id=workflow_id, conn=conn,
+                                  timeout=timeout)
 
     def resolve(self, fn: WorkflowFunction[Any, R] | str) -> WorkflowFunction[Any, R]:
         """The registered workflow for a decorated function or its name."""
@@ -462,3 +462,7 @@ class App(AdminShortcuts):
             return False
         self.executor.submit(self.resolve(execution.name), execution)
         return True
+
+    def cancel(self, workflow_id: str, cascade: bool = True) -> str:
+        """`admin.cancel`, and local executions of the cancelled runs start no further step."""
+        return starting.cancel(self, workflow_id, cascade)

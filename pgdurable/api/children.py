@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
 from pgdurable.api.handles import TERMINAL, WorkflowHandle
+from pgdurable.core.definitions import check_timeout
 from pgdurable.core.errors import (
     InvalidArgument,
     PgDurableError,
@@ -51,19 +53,26 @@ def in_workflow() -> bool:
     return _in_workflow() is not None
 
 
-def start_child(app: App, wf: WorkflowFunction[Any, R], inputs: dict[str, Any],
-                workflow_id: str | None, conn: psycopg.Connection[Any] | None
+def start_child(app: App, wf: WorkflowFunction[Any, R], args: tuple[Any, ...],
+                kwargs: dict[str, Any], workflow_id: str | None,
+                conn: psycopg.Connection[Any] | None, timeout: float | timedelta | None
                 ) -> WorkflowHandle[R]:
     """`app.start` inside a workflow: a checkpointed child on the 'default' queue, which this
     process then executes at once unless it runs already (a replay) or a worker took it."""
     ctx = _in_workflow()
     assert ctx is not None
+    inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
+    if workflow_id is not None and (not isinstance(workflow_id, str) or not workflow_id):
+        raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
+    seconds = check_timeout("timeout", timeout)
     if conn is not None:
         raise InvalidArgument("inside a workflow, a child is started in the workflow's own "
                               "checkpoint transaction: conn= is not supported there")
     [child] = children.start_children(ctx, "default", wf.name, [(workflow_id, inputs)],
                                       batch=False, max_attempts=wf.max_attempts,
-                                      retry_backoff=wf.retry_backoff)
+                                      retry_backoff=wf.retry_backoff,
+                                      timeout_seconds=seconds if seconds is not None
+                                      else wf.timeout)
     app.take_over(child)
     return WorkflowHandle(app, child)
 

@@ -43,9 +43,10 @@ class WorkflowFunction(WorkflowDefinition, Generic[P, R]):
 
     def __init__(
         self, app: App, fn: Callable[P, R], name: str, *, max_attempts: int = 1,
-        retry_backoff: float = 1.0,
+        retry_backoff: float = 1.0, timeout: float | None = None,
     ) -> None:
-        super().__init__(fn, name, max_attempts=max_attempts, retry_backoff=retry_backoff)
+        super().__init__(fn, name, max_attempts=max_attempts, retry_backoff=retry_backoff,
+                         timeout=timeout)
         self.app = app
         functools.update_wrapper(self, fn)
 
@@ -61,9 +62,10 @@ class StepFunction(StepDefinition, Generic[P, R]):
     fn: Callable[P, R]
 
     def __init__(
-        self, app: App, fn: Callable[P, R], name: str, policy: RetryPolicy, at_most_once: bool
+        self, app: App, fn: Callable[P, R], name: str, policy: RetryPolicy, at_most_once: bool,
+        timeout: float | None = None,
     ) -> None:
-        super().__init__(fn, name, policy, at_most_once)
+        super().__init__(fn, name, policy, at_most_once, timeout)
         self.app = app
         functools.update_wrapper(self, fn)
 

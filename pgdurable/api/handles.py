@@ -15,6 +15,7 @@ from pgdurable.core.errors import (
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowNotFound,
+    WorkflowTimeout,
 )
 from pgdurable.runtime import context
 
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+# How often a handle waiting on a run that executes in this process reads the run anyway, to
+# see a cancel (or a timeout) issued elsewhere: one read per this many seconds of waiting.
+LOCAL_POLL_SECONDS = 0.2
 
 
 class WorkflowInfo(pydantic.BaseModel):
@@ -108,7 +113,9 @@ class WorkflowHandle(Generic[R]):
     def result(self, timeout: float | None = None) -> R:
         """Wait until the run finishes and return its output, decoded to the workflow's return
         annotation. Raises WorkflowFailed (with the original error's type, message and
-        traceback), WorkflowCancelled, or TimeoutError.
+        traceback), WorkflowCancelled (WorkflowTimeout when its timeout cancelled it), or
+        TimeoutError. A cancel is seen within about `LOCAL_POLL_SECONDS`, also while the run
+        executes in this process (whose execution then starts no further step).
 
         Inside a running workflow this is `pgdurable.gather([handle])[0]`: a checkpointed wait
         that suspends the run until this one ends (it takes no `timeout` there)."""
@@ -122,24 +129,29 @@ class WorkflowHandle(Generic[R]):
             result: R = gather([self])[0]
             return result
         deadline = None if timeout is None else time.monotonic() + timeout
-        local = self.app.executor.local(self.workflow_id)
-        if local is not None:  # executing in this process: no need to poll while it runs
-            try:
-                outcome = local.result(timeout)
-            except (futures.TimeoutError, futures.CancelledError):
-                outcome = None
-            if outcome is not None and outcome[0] == "succeeded":  # committed, and final
-                wf = self.app.registry.workflows.get(outcome[1])
-                if wf is not None:
-                    return wf.signature.decode_result(outcome[2])  # type: ignore[no-any-return]
         delay = 0.002
         while True:
+            local = self.app.executor.local(self.workflow_id)
+            if local is not None:  # executing here: wake as soon as it ends, poll now and then
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                wait = LOCAL_POLL_SECONDS if remaining is None else min(LOCAL_POLL_SECONDS,
+                                                                         remaining)
+                futures.wait([local], timeout=wait)
+                if local.done() and not local.cancelled():
+                    outcome = local.result()
+                    if outcome is not None and outcome[0] == "succeeded":  # committed, final
+                        wf = self.app.registry.workflows.get(outcome[1])
+                        if wf is not None:
+                            return wf.signature.decode_result(  # type: ignore[no-any-return]
+                                outcome[2])
             info = self._try_info()
             if info is None and not self._may_still_appear():
                 info = self._try_info()  # its transaction may have committed just now
                 if info is None:
                     raise WorkflowNotFound(self._missing_reason())
             if info is not None and info.status in TERMINAL:
+                if local is not None and info.status == "cancelled":
+                    self.app.executor.stop_local(self.workflow_id)  # no further step here
                 return self._outcome(info)
             if info is not None and self._owner_gone(info):
                 self.app.take_over(self.workflow_id)
@@ -150,6 +162,8 @@ class WorkflowHandle(Generic[R]):
                     f"workflow {self.workflow_id!r} did not finish within {timeout}s "
                     f"(status: {state})"
                 )
+            if local is not None:
+                continue
             wait = delay if remaining is None else min(delay, remaining)
             local = self.app.executor.local(self.workflow_id)
             if local is not None:
@@ -172,6 +186,8 @@ class WorkflowHandle(Generic[R]):
                 return info.output  # type: ignore[no-any-return]
             return wf.signature.decode_result(info.output)  # type: ignore[no-any-return]
         if info.status == "cancelled":
+            if info.error is not None and info.error.get("type") == "WorkflowTimeout":
+                raise WorkflowTimeout(self.workflow_id, info.error)
             raise WorkflowCancelled(f"workflow {self.workflow_id!r} was cancelled")
         raise WorkflowFailed(self.workflow_id, info.error or {})
 

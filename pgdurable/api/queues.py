@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 
 from pgdurable.api.handles import WorkflowHandle
+from pgdurable.core.definitions import check_timeout
 from pgdurable.core.errors import InvalidArgument
 from pgdurable.runtime import children, context
 from pgdurable.store.calls import Store
@@ -135,6 +136,7 @@ class Queue:
         partition_key: str | None = None,
         deadline: datetime | None = None,
         max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
         conn: psycopg.Connection[Any] | None = None,
         **kwargs: Any,
     ) -> WorkflowHandle[R]:
@@ -145,7 +147,9 @@ class Queue:
         this queue, enqueueing again returns that run. `partition_key`: runs sharing it count
         against `partition_concurrency`. `deadline`: if it has not started by then it is
         cancelled. `max_attempts`: executions allowed when it fails (default: the workflow's).
-        With `conn`, the run is written in the caller's transaction (gone on rollback).
+        `timeout`: seconds for the whole run from now, waits included, after which the recovery
+        sweep cancels it with its subtree (default: the workflow's). With `conn`, the run is
+        written in the caller's transaction (gone on rollback).
         """
         wf = self.app.resolve(fn)
         inputs = wf.signature.encode_args(args, kwargs)  # bad arguments fail here, write nothing
@@ -154,6 +158,7 @@ class Queue:
             raise InvalidArgument(f"workflow_id must be a non-empty string, not {workflow_id!r}")
         _check_key("dedup_key", dedup_key)
         _check_key("partition_key", partition_key)
+        seconds = check_timeout("timeout", timeout)
         ctx = _parent_context(conn, dedup_key)
         if ctx is not None:  # a child of the running workflow: a checkpointed start
             [child] = children.start_children(
@@ -161,7 +166,8 @@ class Queue:
                 priority=priority, delay_seconds=_seconds("delay", delay),
                 partition_key=partition_key, deadline=deadline,
                 max_attempts=_positive("max_attempts", max_attempts) or wf.max_attempts,
-                retry_backoff=wf.retry_backoff)
+                retry_backoff=wf.retry_backoff,
+                timeout_seconds=seconds if seconds is not None else wf.timeout)
             return WorkflowHandle(self.app, child)
         run_id = self.app.store.on(conn).enqueue(
             # The id is chosen here, so a retried call after a lost connection is idempotent.
@@ -169,7 +175,8 @@ class Queue:
             priority=priority, delay_seconds=_seconds("delay", delay), dedup_key=dedup_key,
             partition_key=partition_key, deadline=deadline,
             max_attempts=_positive("max_attempts", max_attempts) or wf.max_attempts,
-            retry_backoff=wf.retry_backoff)
+            retry_backoff=wf.retry_backoff,
+            timeout_seconds=seconds if seconds is not None else wf.timeout)
         return WorkflowHandle(self.app, run_id)
 
     def enqueue_many(
@@ -182,12 +189,15 @@ class Queue:
         partition_key: str | None = None,
         deadline: datetime | None = None,
         max_attempts: int | None = None,
+        timeout: float | timedelta | None = None,
         conn: psycopg.Connection[Any] | None = None,
     ) -> list[WorkflowHandle[R]]:
         """Queue one run per item of `args_list` (each a sequence of positional arguments) in
-        one round trip. Every item is validated before anything is written."""
+        one round trip. Every item is validated before anything is written. `timeout` as in
+        `enqueue`, for every run."""
         wf = self.app.resolve(fn)
         _check_priority(priority)
+        seconds = check_timeout("timeout", timeout)
         _check_key("partition_key", partition_key)
         encode = wf.signature.encode_args
         # The ids are chosen here, so a retried call after a lost connection is idempotent.
@@ -206,11 +216,13 @@ class Queue:
                 priority=priority, delay_seconds=_seconds("delay", delay),
                 partition_key=partition_key, deadline=deadline,
                 max_attempts=_positive("max_attempts", max_attempts) or wf.max_attempts,
-                retry_backoff=wf.retry_backoff)
+                retry_backoff=wf.retry_backoff,
+                timeout_seconds=seconds if seconds is not None else wf.timeout)
             return [WorkflowHandle(self.app, child) for child in ids]
         self.app.store.on(conn).enqueue_runs(
             self.name, wf.name, runs, priority=priority, delay_seconds=_seconds("delay", delay),
             partition_key=partition_key, deadline=deadline,
             max_attempts=_positive("max_attempts", max_attempts) or wf.max_attempts,
-            retry_backoff=wf.retry_backoff)
+            retry_backoff=wf.retry_backoff,
+            timeout_seconds=seconds if seconds is not None else wf.timeout)
         return [WorkflowHandle(self.app, run_id) for run_id, _ in runs]

@@ -182,12 +182,14 @@ def _print_tree(node: TreeNode) -> None:
 
 @workflows.command("cancel")
 @dsn_option
+@click.option("--cascade/--no-cascade", default=True, show_default=True,
+              help="Also cancel every unfinished descendant (child runs, recursively).")
 @click.argument("workflow_id")
-def workflows_cancel(dsn: str | None, workflow_id: str) -> None:
-    """Cancel a run that has not finished."""
+def workflows_cancel(dsn: str | None, cascade: bool, workflow_id: str) -> None:
+    """Cancel a run that has not finished, with its descendants unless --no-cascade."""
     with friendly_errors(verbose()):
         with open_app(dsn) as app:
-            status = app.admin.cancel(workflow_id)
+            status = app.admin.cancel(workflow_id, cascade=cascade)
         click.echo(f"{workflow_id}: {status}")
 
 

@@ -12,10 +12,16 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from pgdurable.core.errors import InvalidArgument, PgDurableError, RegistrationError
+from pgdurable.core.errors import (
+    InvalidArgument,
+    PgDurableError,
+    RegistrationError,
+    StepTimeout,
+)
 from pgdurable.core.serde import Signature
 
 
@@ -51,19 +57,39 @@ class RetryPolicy:
         return min(self.interval * self.backoff ** (retry - 1), self.max_interval)
 
     def retries_on(self, exc: BaseException) -> bool:
-        # pgdurable's own errors (fencing, non-determinism, serialisation) are never transient.
-        return isinstance(exc, self.retry_on) and not isinstance(exc, PgDurableError)
+        # pgdurable's own errors (fencing, non-determinism, serialisation) are never transient;
+        # a step timeout is the step's own failure.
+        return isinstance(exc, self.retry_on) and is_step_failure(exc)
+
+
+def is_step_failure(exc: BaseException) -> bool:
+    """Whether an exception raised by a step attempt is the step's outcome (recorded, retried
+    per its policy) rather than one of pgdurable's own errors (fencing, serialisation, ...)."""
+    return not isinstance(exc, PgDurableError) or isinstance(exc, StepTimeout)
+
+
+def check_timeout(name: str, value: float | timedelta | None) -> float | None:
+    """A timeout in seconds, validated: None (no timeout), or a finite number of seconds > 0
+    (or a timedelta). InvalidArgument otherwise (bool, NaN, infinite, <= 0, not a number)."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+            or not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidArgument(f"{name} must be a finite number of seconds > 0, not {value!r}")
+    return float(seconds)
 
 
 class WorkflowDefinition:
     """A workflow function, its registered name, and its retry budget as a queued run."""
 
     def __init__(self, fn: Callable[..., Any], name: str, *, max_attempts: int = 1,
-                 retry_backoff: float = 1.0) -> None:
+                 retry_backoff: float = 1.0, timeout: float | None = None) -> None:
         self.fn = fn
         self.name = name
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
+        self.timeout = check_timeout("timeout", timeout)  # seconds for the whole run, or None
         self.signature = Signature(fn, f"workflow {name!r}")
 
 
@@ -71,11 +97,12 @@ class StepDefinition:
     """A step function: checkpointed when called inside a workflow."""
 
     def __init__(self, fn: Callable[..., Any], name: str, policy: RetryPolicy,
-                 at_most_once: bool) -> None:
+                 at_most_once: bool, timeout: float | None = None) -> None:
         self.fn = fn
         self.name = name
         self.policy = policy
         self.at_most_once = at_most_once
+        self.timeout = check_timeout("timeout", timeout)  # seconds per attempt, or None
         self.signature = Signature(fn, f"step {name!r}")
 
 

@@ -69,7 +69,25 @@ class StepOutcomeUnknown(PgDurableError):
 
 
 class WorkflowCancelled(PgDurableError):
-    """The run was cancelled."""
+    """The run was cancelled (by an operator, with an ancestor, or by its timeout)."""
+
+
+class WorkflowTimeout(WorkflowCancelled):
+    """The run passed its `timeout` (a deadline for the whole run, waits included) and the
+    recovery sweep cancelled it, or it was cancelled with an ancestor that timed out. `error` is
+    the run's stored error record (`{"type": "WorkflowTimeout", "message": ..., "timeout_at":
+    ...}`, plus `ancestor` for a descendant)."""
+
+    def __init__(self, workflow_id: str, error: dict[str, Any]) -> None:
+        self.workflow_id = workflow_id
+        self.error = error
+        super().__init__(f"workflow {workflow_id!r} timed out: {error.get('message', '')}")
+
+
+class StepTimeout(PgDurableError):
+    """A step body ran longer than its `@app.step(timeout=...)`: that attempt failed (and is
+    retried like any failure). The abandoned body keeps running to its end in its helper thread;
+    its result is discarded."""
 
 
 class WorkflowFailed(PgDurableError):
@@ -115,5 +133,6 @@ def from_sqlstate(sqlstate: str, message: str) -> PgDurableError:
 # it from them: the public module is the stable name, wherever the classes are defined.
 for _cls in [*SQLSTATE_TO_EXCEPTION.values(), PgDurableError, ConfigurationError,
              DatabaseUnavailable, SchemaError, RegistrationError, SerializationError,
-             StepOutcomeUnknown, WorkflowCancelled, WorkflowFailed, StepFailed]:
+             StepOutcomeUnknown, WorkflowCancelled, WorkflowTimeout, WorkflowFailed, StepFailed,
+             StepTimeout]:
     _cls.__module__ = "pgdurable.errors"

@@ -40,6 +40,7 @@ def start_children(
     runs: Sequence[tuple[str | None, dict[str, Any]]], *, batch: bool, priority: int = 0,
     delay_seconds: float = 0.0, partition_key: str | None = None,
     deadline: datetime | None = None, max_attempts: int = 1, retry_backoff: float = 1.0,
+    timeout_seconds: float | None = None,
 ) -> list[str]:
     """Queue children of the running workflow as one step; returns their ids. `runs`: (id or
     None, encoded inputs) per child; `batch`: ids derived with an index (enqueue_many)."""
@@ -52,7 +53,7 @@ def start_children(
     ids = ctx.runtime.store.start_children(
         ctx.workflow_id, ctx.epoch, step_no, queue, name, named, priority=priority,
         delay_seconds=delay_seconds, partition_key=partition_key, deadline=deadline,
-        max_attempts=max_attempts, retry_backoff=retry_backoff)
+        max_attempts=max_attempts, retry_backoff=retry_backoff, timeout_seconds=timeout_seconds)
     ctx.recorded[step_no] = RecordedStep(step_no, CHILDREN_STEP, "done", ids, None)
     return ids
 

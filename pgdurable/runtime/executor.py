@@ -3,7 +3,9 @@
 An execution owns its run through a lease (`owner`, `lease_until`) and a fencing epoch. One
 heartbeat statement per process renews the leases of every run it holds. When the epoch turns
 out stale (another worker took the run over), the execution stops quietly: the new owner
-carries on from the checkpoints.
+carries on from the checkpoints. When the run was cancelled (or timed out) under it, the
+heartbeat (or a waiting handle) learns it and flags the execution's context: no further step
+body starts, and a step body already running runs to its end but its checkpoint is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pgdurable.core.records import Execution
 from pgdurable.core.serde import as_stored, error_record
 from pgdurable.runtime import context
 from pgdurable.runtime.bundle import Runtime
-from pgdurable.runtime.context import WorkflowContext
+from pgdurable.runtime.context import Stopped, WorkflowContext
 from pgdurable.runtime.suspension import Suspended
 
 log = logging.getLogger("pgdurable.executor")
@@ -47,6 +49,7 @@ class Executor:
         self.max_threads = max_threads
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="pgdurable")
         self._running: dict[str, Future[Outcome]] = {}
+        self._stops: dict[str, threading.Event] = {}  # set: the run is no longer ours
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -65,15 +68,33 @@ class Executor:
         waiting here."""
         self._ensure_heartbeat()
         workflow_id = execution.workflow_id
-        future = self._pool.submit(self._run, wf, execution, after_xact, suspendable)
+        stopped = threading.Event()
+        future = self._pool.submit(self._run, wf, execution, after_xact, suspendable, stopped)
         with self._lock:
             self._running[workflow_id] = future
+            self._stops[workflow_id] = stopped
         future.add_done_callback(lambda _: self._forget(workflow_id, future))
         return future
 
     def local(self, workflow_id: str) -> Future[Outcome] | None:
         with self._lock:
             return self._running.get(workflow_id)
+
+    def stop_local(self, workflow_id: str) -> None:
+        """The run is no longer this process's (a waiter saw it cancelled): its execution
+        starts no further step body."""
+        with self._lock:
+            stopped = self._stops.get(workflow_id)
+        if stopped is not None:
+            stopped.set()
+
+    def check_now(self) -> None:
+        """One heartbeat now: renew the leases and stop the executions whose runs are no longer
+        ours (after a cancel issued from this process, so they stop at once)."""
+        with self._lock:
+            ids = list(self._running)
+        if ids:
+            self._renew(ids)
 
     def shutdown(self, wait: bool = True) -> None:
         self._stop.set()
@@ -87,16 +108,25 @@ class Executor:
         with self._lock:
             if self._running.get(workflow_id) is future:
                 del self._running[workflow_id]
+                self._stops.pop(workflow_id, None)
 
     def _run(self, wf: WorkflowDefinition, execution: Execution, after_xact: str | None,
-             suspendable: bool) -> Outcome:
+             suspendable: bool, stopped: threading.Event) -> Outcome:
         workflow_id = execution.workflow_id
         if after_xact is not None and not self._wait_for_commit(after_xact):
             log.info("workflow %s: the transaction that started it rolled back", workflow_id)
             return None
         try:
-            return execute(self.runtime, wf, execution, suspendable=suspendable)
-        except (FencedError, WorkflowNotFound, DatabaseUnavailable) as exc:
+            return execute(self.runtime, wf, execution, suspendable=suspendable, stopped=stopped)
+        except Stopped as exc:
+            log.info("%s", exc)  # cancelled, timed out or taken over: nothing of ours to record
+        except FencedError as exc:
+            if stopped.is_set() or "status cancelled" in str(exc):
+                log.info("workflow %s: cancelled under this execution, which stops: %s",
+                         workflow_id, exc)
+            else:
+                log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
+        except (WorkflowNotFound, DatabaseUnavailable) as exc:
             # Nothing recorded: if the run is still ours its lease expires and it is taken over.
             log.warning("workflow %s: this execution stopped: %s", workflow_id, exc)
         except Exception:
@@ -134,13 +164,23 @@ class Executor:
             if not ids:
                 continue
             try:
-                self.runtime.store.heartbeat(self.worker_id, ids, self.runtime.lease_seconds)
+                self._renew(ids)
             except Exception as exc:  # keep beating: the database may come back
                 log.warning("heartbeat failed: %s", exc)
 
+    def _renew(self, ids: list[str]) -> None:
+        _, lost = self.runtime.store.heartbeat(self.worker_id, ids, self.runtime.lease_seconds)
+        if lost:
+            with self._lock:
+                stops = [self._stops.get(i) for i in lost]
+            for stopped in stops:
+                if stopped is not None:
+                    stopped.set()
+
 
 def execute(
-    runtime: Runtime, wf: WorkflowDefinition, execution: Execution, *, suspendable: bool = False
+    runtime: Runtime, wf: WorkflowDefinition, execution: Execution, *, suspendable: bool = False,
+    stopped: threading.Event | None = None,
 ) -> Outcome:
     """Run (or replay) one execution of a workflow to the end and record how it ended, or
     until it suspends itself (a long durable sleep): the run is then back on its queue.
@@ -151,7 +191,8 @@ def execute(
     workflow_id, epoch = execution.workflow_id, execution.epoch
     recorded = runtime.store.load_steps(workflow_id, epoch) if execution.has_steps else {}
     ctx = WorkflowContext(runtime=runtime, workflow_id=workflow_id, epoch=epoch,
-                          recorded=recorded, suspendable=suspendable)
+                          recorded=recorded, suspendable=suspendable,
+                          stopped=stopped if stopped is not None else threading.Event())
     token = context.activate(ctx)
     try:
         try:
@@ -160,7 +201,7 @@ def execute(
         except Suspended as suspended:
             log.debug("workflow %s: %s", workflow_id, suspended)
             return None  # pending until its wake-up time; a worker continues it then
-        except (FencedError, WorkflowNotFound, DatabaseUnavailable):
+        except (FencedError, WorkflowNotFound, DatabaseUnavailable, Stopped):
             # Taken over, cancelled or deleted under us, or the database stayed out of reach:
             # nothing of ours to record (the run's outcome is not this execution's to decide).
             raise

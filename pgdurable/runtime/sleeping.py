@@ -44,4 +44,5 @@ def sleep(seconds: float | timedelta) -> None:
         return
     if ctx.suspendable and remaining > SUSPEND_AFTER_SECONDS:
         suspend(ctx, until=wake_at, wait_for=SLEEP)
-    time.sleep(remaining)
+    if ctx.stopped.wait(remaining):  # cancelled (or timed out) while sleeping here: stop now
+        ctx.check_stopped()

@@ -5,21 +5,37 @@ execution starts, so replaying a step costs nothing. A new plain step's checkpoi
 the App's group commit (completions.py), which writes the checkpoints of concurrent executions
 with one round trip and one commit; the step returns once it is durable. A transaction step
 checkpoints with one `record_step` call inside the user's own transaction.
+
+No step body starts once the execution's context is stopped (the run was cancelled, timed out or
+taken over, as the heartbeat or a waiting handle learned): an in-memory check, no round trip. A
+step with a `timeout` runs each attempt's body in a helper thread and stops waiting for it after
+the timeout (StepTimeout, a failure like any other); the abandoned body runs to its end there
+and its result is discarded.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import logging
-import time
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import psycopg
 
-from pgdurable.core.definitions import RetryPolicy, StepDefinition, TransactionDefinition
-from pgdurable.core.errors import NonDeterminismError, PgDurableError, StepOutcomeUnknown
+from pgdurable.core.definitions import (
+    RetryPolicy,
+    StepDefinition,
+    TransactionDefinition,
+    is_step_failure,
+)
+from pgdurable.core.errors import NonDeterminismError, StepOutcomeUnknown, StepTimeout
 from pgdurable.core.records import RecordedStep
 from pgdurable.core.serde import as_stored, error_record, rebuild_exception
+from pgdurable.runtime import context
 from pgdurable.runtime.context import WorkflowContext
 from pgdurable.store.completions import StepRecord
 
@@ -44,8 +60,15 @@ def run_step(ctx: WorkflowContext, step: StepDefinition, body: Callable[[], Any]
         if not is_new:
             return _outcome(recorded, step)
 
+    timeout = step.timeout
+    if timeout is None:
+        def attempt() -> Any:
+            return _in_step(ctx, body)
+    else:
+        def attempt() -> Any:
+            return _in_step(ctx, lambda: _with_timeout(ctx, step.name, timeout, body))
     try:
-        value = _with_retries(ctx, step.policy, step.name, step_no, lambda: _in_step(ctx, body))
+        value = _with_retries(ctx, step.policy, step.name, step_no, attempt)
     except _RecordedElsewhere as elsewhere:
         return _outcome(elsewhere.recorded, step)
     output = step.signature.encode_result(value)
@@ -126,7 +149,35 @@ def recorded_step(ctx: WorkflowContext, step_no: int, name: str) -> RecordedStep
     return recorded
 
 
+def _with_timeout(ctx: WorkflowContext, name: str, timeout: float,
+                  body: Callable[[], Any]) -> Any:
+    """Run one attempt's body in a helper thread; StepTimeout if it has not returned after
+    `timeout` seconds. Python cannot stop a thread: the abandoned body runs to its end, and its
+    result (or error) is dropped. Steps it calls run as plain functions (its context is marked
+    in a step for good), so it never writes checkpoints."""
+    outcome: Future[Any] = Future()
+    inner = dataclasses.replace(ctx, in_step=True)
+    copied = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            copied.run(context.activate, inner)
+            outcome.set_result(copied.run(body))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.set_exception(exc)
+
+    threading.Thread(target=target, name=f"pgdurable-step-{name}", daemon=True).start()
+    try:
+        return outcome.result(timeout)
+    except FutureTimeout:
+        raise StepTimeout(
+            f"step {name!r} of workflow {ctx.workflow_id!r} did not finish within {timeout}s "
+            "(its body was abandoned and keeps running in a helper thread; its result is "
+            "discarded)") from None
+
+
 def _in_step(ctx: WorkflowContext, body: Callable[[], Any]) -> Any:
+    ctx.check_stopped()  # a cancelled run starts no step body
     ctx.in_step = True
     try:
         return body()
@@ -148,7 +199,7 @@ def _with_retries(
             delay = policy.delay_before(retry) if policy.retries_on(exc) else None
             if delay is None:
                 # pgdurable's own errors (fencing, serialisation, ...) are not step outcomes.
-                if not isinstance(exc, PgDurableError):
+                if is_step_failure(exc):
                     recorded, inserted = _record(
                         ctx, step_no, name, "failed", None, error_record(exc))
                     if not inserted:  # an earlier attempt's outcome is on record: it counts
@@ -156,7 +207,8 @@ def _with_retries(
                 raise
             log.info("step %s of %s failed (%s), retry %d in %.2fs",
                      name, ctx.workflow_id, type(exc).__name__, retry, delay)
-            time.sleep(delay)
+            if ctx.stopped.wait(delay):  # cancelled while waiting to retry
+                ctx.check_stopped()
 
 
 def _record(

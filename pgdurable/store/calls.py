@@ -73,10 +73,11 @@ class Store:
     # -- runs started in-process ---------------------------------------------------------
 
     def start_workflow(self, workflow_id: str, name: str, inputs: dict[str, Any], owner: str,
-                       lease_seconds: float) -> Started:
+                       lease_seconds: float, timeout_seconds: float | None = None) -> Started:
         row = self._one("start_workflow", {"id": workflow_id, "name": name,
                                            "inputs": jsonb(inputs), "owner": owner,
-                                           "lease_seconds": lease_seconds})
+                                           "lease_seconds": lease_seconds,
+                                           "timeout_seconds": timeout_seconds})
         execution = (Execution(workflow_id, row["name"], row["epoch"], row["inputs"])
                      if row["started"] else None)
         return Started(workflow_id, execution, row["xact_id"])
@@ -96,9 +97,14 @@ class Store:
         return None if row is None else Execution(row["id"], row["name"], row["epoch"],
                                                   row["inputs"])
 
-    def heartbeat(self, owner: str, ids: Sequence[str], lease_seconds: float) -> int:
-        return int(self._one("heartbeat", {"owner": owner, "ids": list(ids),
-                                           "lease_seconds": lease_seconds})["renewed"])
+    def heartbeat(self, owner: str, ids: Sequence[str], lease_seconds: float
+                  ) -> tuple[int, list[str]]:
+        """Renew the leases of `owner`'s running runs among `ids`. Returns how many were
+        renewed and the ids that exist but are no longer running under `owner` (cancelled,
+        timed out, taken over)."""
+        row = self._one("heartbeat", {"owner": owner, "ids": list(ids),
+                                      "lease_seconds": lease_seconds})
+        return int(row["renewed"]), list(row["lost"] or [])
 
     def xact_status(self, xact_id: str) -> str | None:
         """'committed', 'aborted' or 'in progress' (None: too old to know)."""
@@ -153,8 +159,8 @@ class Store:
     def start_children(self, parent: str, epoch: int, step_no: int, queue: str, name: str,
                        runs: list[tuple[str, dict[str, Any]]], *, priority: int,
                        delay_seconds: float, partition_key: str | None,
-                       deadline: datetime | None, max_attempts: int, retry_backoff: float
-                       ) -> list[str]:
+                       deadline: datetime | None, max_attempts: int, retry_backoff: float,
+                       timeout_seconds: float | None) -> list[str]:
         """Queue child runs of `parent` as its step `step_no`, in one statement; returns the
         children's ids (the recorded ones on a replay)."""
         ids = self._one("start_children", {
@@ -162,7 +168,7 @@ class Store:
             "name": name, "runs": Jsonb(runs), "priority": priority,
             "delay_seconds": delay_seconds, "partition_key": partition_key,
             "deadline": deadline, "max_attempts": max_attempts,
-            "retry_backoff": retry_backoff})["ids"]
+            "retry_backoff": retry_backoff, "timeout_seconds": timeout_seconds})["ids"]
         return [str(i) for i in ids]
 
     def await_children(self, workflow_id: str, epoch: int, step_no: int, ids: Sequence[str],
@@ -201,25 +207,27 @@ class Store:
     def enqueue(self, queue: str, name: str, inputs: dict[str, Any], workflow_id: str, *,
                 priority: int, delay_seconds: float, dedup_key: str | None,
                 partition_key: str | None, deadline: datetime | None, max_attempts: int,
-                retry_backoff: float) -> str:
+                retry_backoff: float, timeout_seconds: float | None = None) -> str:
         """Queue a run; returns its id (an existing run's, for a live dedup key)."""
         return str(self._one("enqueue", {
             "queue": queue, "name": name, "inputs": jsonb(inputs), "id": workflow_id,
             "priority": priority, "delay_seconds": delay_seconds, "dedup_key": dedup_key,
             "partition_key": partition_key, "deadline": deadline,
-            "max_attempts": max_attempts, "retry_backoff": retry_backoff})["id"])
+            "max_attempts": max_attempts, "retry_backoff": retry_backoff,
+            "timeout_seconds": timeout_seconds})["id"])
 
     def enqueue_runs(self, queue: str, name: str, runs: list[tuple[str, dict[str, Any]]], *,
                      priority: int, delay_seconds: float, partition_key: str | None,
-                     deadline: datetime | None, max_attempts: int, retry_backoff: float
-                     ) -> int:
+                     deadline: datetime | None, max_attempts: int, retry_backoff: float,
+                     timeout_seconds: float | None = None) -> int:
         """Queue many runs, given as (id, inputs) pairs, with one statement."""
         # One JSON document for the whole batch: encoded in one call, sent as one parameter.
         return int(self._one("enqueue_many", {
             "queue": queue, "name": name, "runs": Jsonb(runs), "priority": priority,
             "delay_seconds": delay_seconds, "partition_key": partition_key,
             "deadline": deadline, "max_attempts": max_attempts,
-            "retry_backoff": retry_backoff})["written"] or 0)
+            "retry_backoff": retry_backoff,
+            "timeout_seconds": timeout_seconds})["written"] or 0)
 
     def claim(self, worker: str, queues: Sequence[str], limit: int, lease_seconds: float,
               names: Sequence[str]) -> list[Execution]:
@@ -237,8 +245,9 @@ class Store:
 
     # -- steering and reading -------------------------------------------------------------
 
-    def cancel(self, workflow_id: str) -> str:
-        return str(self._one("cancel", {"id": workflow_id})["status"])
+    def cancel(self, workflow_id: str, cascade: bool = True) -> str:
+        """Cancel a run (and with `cascade` its unfinished descendants); its status after."""
+        return str(self._one("cancel", {"id": workflow_id, "cascade": cascade})["status"])
 
     def requeue(self, workflow_id: str) -> str:
         return str(self._one("requeue", {"id": workflow_id})["status"])

@@ -109,25 +109,28 @@ create or replace function pgdurable.enqueue(
     p_partition_key text default null,
     p_deadline timestamptz default null,
     p_max_attempts integer default 1,
-    p_retry_backoff double precision default 1.0)
+    p_retry_backoff double precision default 1.0,
+    p_timeout_seconds double precision default null)
 returns text language plpgsql as $$
 declare
     v_id       text := coalesce(p_id, gen_random_uuid()::text);
     v_now      timestamptz := pgdurable.now();
     v_existing pgdurable.workflows;
+    v_timeout_at timestamptz;
 begin
     perform pgdurable.check_enqueue_options(p_queue, p_name, p_delay_seconds, p_max_attempts,
                                             p_retry_backoff);
+    v_timeout_at := pgdurable.timeout_at(v_now, p_timeout_seconds);
     if jsonb_typeof(p_inputs) is distinct from 'object' then
         perform pgdurable.raise_error('PD006',
             'inputs must be a JSON object like {"args": [...], "kwargs": {...}}');
     end if;
     insert into pgdurable.workflows
            (id, name, status, inputs, queue, priority, available_at, dedup_key, partition_key,
-            deadline, max_attempts, retry_backoff, created_at, updated_at)
+            deadline, max_attempts, retry_backoff, created_at, updated_at, timeout_at)
     values (v_id, p_name, 'pending', p_inputs, p_queue, p_priority,
             v_now + make_interval(secs => p_delay_seconds), p_dedup_key, p_partition_key,
-            p_deadline, p_max_attempts, p_retry_backoff, v_now, v_now)
+            p_deadline, p_max_attempts, p_retry_backoff, v_now, v_now, v_timeout_at)
     on conflict do nothing;
     if found then
         perform pgdurable.make_ready(v_id);
@@ -147,7 +150,7 @@ begin
         -- The conflicting row finished between our insert and this read: try once more.
         return pgdurable.enqueue(p_queue, p_name, p_inputs, p_id, p_priority, p_delay_seconds,
                                  p_dedup_key, p_partition_key, p_deadline, p_max_attempts,
-                                 p_retry_backoff);
+                                 p_retry_backoff, p_timeout_seconds);
     end if;
     if v_existing.name <> p_name then
         perform pgdurable.raise_error('PD002', format(
@@ -160,17 +163,19 @@ end
 $$;
 
 comment on function pgdurable.enqueue(text, text, jsonb, text, integer, double precision, text,
-    text, timestamptz, integer, double precision) is
+    text, timestamptz, integer, double precision, double precision) is
 $$Enqueues one run of workflow `p_name` on queue `p_queue` and returns its id: a `pending` run with
 inputs `p_inputs` (`{"args": [...], "kwargs": {...}}`), id `p_id` (a UUID when null), priority
 `p_priority` (lower is claimed first), available after `p_delay_seconds`, with `p_dedup_key`,
-`p_partition_key`, `p_deadline` (cancelled if not started by then), `p_max_attempts` and
-`p_retry_backoff`, and its `ready` row. Sends `NOTIFY pgdurable, '<queue>'` when there is no
-delay. If the id exists, or a `pending` / `running` run of this queue has the same `p_dedup_key`,
+`p_partition_key`, `p_deadline` (cancelled if not started by then), `p_max_attempts`,
+`p_retry_backoff` and `p_timeout_seconds` (null: none; else `timeout_at = now() +
+p_timeout_seconds`, a deadline for the whole run, waits included, after which `recover_sweep`
+cancels it with its subtree), and its `ready` row. Sends `NOTIFY pgdurable, '<queue>'` when there is
+no delay. If the id exists, or a `pending` / `running` run of this queue has the same `p_dedup_key`,
 that run's id is returned and nothing is written (PD002 if it belongs to another workflow name).
 Errors: PD007 (unknown queue), PD006 (empty name, negative delay, `max_attempts` < 1, negative
-`retry_backoff`, `p_inputs` not a JSON object), PD002. Run in the caller's transaction, the run
-and the notification appear at commit.$$;
+`retry_backoff`, a timeout not > 0 and finite, `p_inputs` not a JSON object), PD002. Run in the
+caller's transaction, the run and the notification appear at commit.$$;
 
 create or replace function pgdurable.enqueue_many(
     p_queue text,
@@ -252,10 +257,12 @@ create or replace function pgdurable.enqueue_runs(
     p_partition_key text default null,
     p_deadline timestamptz default null,
     p_max_attempts integer default 1,
-    p_retry_backoff double precision default 1.0)
+    p_retry_backoff double precision default 1.0,
+    p_timeout_seconds double precision default null)
 returns integer language plpgsql as $$
 declare
     v_now       timestamptz := pgdurable.now();
+    v_timeout_at timestamptz;
     v_available timestamptz;
     v_given     integer;
     v_written   integer;
@@ -263,6 +270,7 @@ declare
 begin
     perform pgdurable.check_enqueue_options(p_queue, p_name, p_delay_seconds, p_max_attempts,
                                             p_retry_backoff);
+    v_timeout_at := pgdurable.timeout_at(v_now, p_timeout_seconds);
     if jsonb_typeof(p_runs) is distinct from 'array' then
         perform pgdurable.raise_error('PD006', 'runs must be a JSON array of [id, inputs] pairs');
     end if;
@@ -278,9 +286,10 @@ begin
     with inserted as (
         insert into pgdurable.workflows
                (id, name, status, inputs, queue, priority, available_at, partition_key,
-                deadline, max_attempts, retry_backoff, created_at, updated_at)
+                deadline, max_attempts, retry_backoff, created_at, updated_at, timeout_at)
         select r.run ->> 0, p_name, 'pending', r.run -> 1, p_queue, p_priority, v_available,
-               p_partition_key, p_deadline, p_max_attempts, p_retry_backoff, v_now, v_now
+               p_partition_key, p_deadline, p_max_attempts, p_retry_backoff, v_now, v_now,
+               v_timeout_at
           from jsonb_array_elements(p_runs) with ordinality as r(run, ord) order by r.ord
         on conflict do nothing
         returning workflows.id
@@ -311,16 +320,16 @@ end
 $$;
 
 comment on function pgdurable.enqueue_runs(text, text, jsonb, integer, double precision, text,
-    timestamptz, integer, double precision) is
+    timestamptz, integer, double precision, double precision) is
 $$Enqueues runs of workflow `p_name` on queue `p_queue` like `enqueue_many` (`p_priority`,
-`p_delay_seconds`, `p_partition_key`, `p_deadline`, `p_max_attempts` and `p_retry_backoff` apply
-to every run), but the runs come as one JSON array `p_runs` of `[id, inputs]` pairs (`[["id-1",
-{"args": [1], "kwargs": {}}], ...]`), which a client encodes in one call and sends as one
-parameter: what `Queue.enqueue_many` sends. Ids are required strings (the client chooses them, so
-a retried call is idempotent). Writes the runs in array order with their `ready` rows and one
-notification (none with a delay); an id that already exists is left as it is. Returns how many
-runs it wrote. Errors: as `enqueue_many`, plus PD006 when `p_runs` is not an array or an id is
-not a string, and PD002 when an existing id belongs to another workflow name (checked only when
+`p_delay_seconds`, `p_partition_key`, `p_deadline`, `p_max_attempts`, `p_retry_backoff` and
+`p_timeout_seconds` apply to every run), but the runs come as one JSON array `p_runs` of `[id,
+inputs]` pairs (`[["id-1", {"args": [1], "kwargs": {}}], ...]`), which a client encodes in one call
+and sends as one parameter: what `Queue.enqueue_many` sends. Ids are required strings (the client
+chooses them, so a retried call is idempotent). Writes the runs in array order with their `ready`
+rows and one notification (none with a delay); an id that already exists is left as it is. Returns
+how many runs it wrote. Errors: as `enqueue_many`, plus PD006 when `p_runs` is not an array or an id
+is not a string, and PD002 when an existing id belongs to another workflow name (checked only when
 some id existed).$$;
 
 create or replace function pgdurable.claim(

@@ -138,6 +138,48 @@ Errors: PD006 unless `p_older_than_seconds` is > 0 and finite (`retention must b
 not 0`). Locks: the runs `FOR UPDATE SKIP LOCKED`. Finding them scans the finished runs (there is
 no index on `finished_at`).$$;
 
+create or replace function pgdurable.time_out_runs(p_limit integer) returns integer
+language plpgsql as $$
+declare
+    v_now   timestamptz := pgdurable.now();
+    v_run   record;
+    v_count integer := 0;
+begin
+    for v_run in
+        select w.id, w.timeout_at from pgdurable.workflows w
+         where w.timeout_at < v_now and w.status in ('pending', 'running')
+         order by w.timeout_at
+         limit p_limit
+           for update skip locked
+    loop
+        -- An earlier iteration may have cancelled it with its ancestor.
+        perform 1 from pgdurable.workflows w
+         where w.id = v_run.id and w.status in ('pending', 'running');
+        if not found then
+            continue;
+        end if;
+        perform pgdurable.cancel_tree(v_run.id, true, jsonb_build_object(
+            'type', 'WorkflowTimeout',
+            'message', format('the run passed its timeout (timeout_at %s)', v_run.timeout_at),
+            'timeout_at', v_run.timeout_at,
+            'traceback', ''));
+        v_count := v_count + 1;
+    end loop;
+    return v_count;
+end
+$$;
+
+comment on function pgdurable.time_out_runs(integer) is
+$$Cancels up to `p_limit` runs that are `pending` (queued, delayed or suspended waiting) or
+`running` and whose `timeout_at` has passed, earliest first, each with its subtree
+(`cancel_tree(id, true, error)`), and returns how many runs timed out (descendants not counted).
+The run's `error` is `{"type": "WorkflowTimeout", "message": "the run passed its timeout
+(timeout_at ...)", "timeout_at": "...", "traceback": ""}`; its cancelled descendants get the same
+type with `ancestor` set. A running run's next checkpoint is refused (PD001). A null limit means
+no limit; a negative one is PostgreSQL's `LIMIT must not be negative` error. Errors: none of its
+own. Locks: the runs `FOR UPDATE SKIP LOCKED` (a run whose write is in flight is left for the
+next call), then their descendants.$$;
+
 create or replace function pgdurable.recover_sweep(
     p_limit integer, p_retention_seconds double precision)
 returns jsonb language plpgsql as $$
@@ -147,12 +189,14 @@ declare
     v_expired record;
     v_ticks   record;
     v_woken   integer;
+    v_timed_out integer;
 begin
     if p_limit is null or p_limit < 1 then
         perform pgdurable.raise_error('PD006', format('limit must be >= 1, not %s', p_limit));
     end if;
     select last_sweep_at into v_since from pgdurable.sweeps for update;
     select * into v_expired from pgdurable.expire_leases(null, p_limit);
+    v_timed_out := pgdurable.time_out_runs(p_limit);
     v_until := pgdurable.now();
     insert into pgdurable.sweeps (last_sweep_at) values (v_until)
     on conflict (id) do update set last_sweep_at = excluded.last_sweep_at;
@@ -161,6 +205,7 @@ begin
     return jsonb_build_object(
         'requeued', v_expired.requeued,
         'dead_lettered', v_expired.dead_lettered,
+        'timed_out', v_timed_out,
         'woken_queues', v_woken,
         'scheduled', v_ticks.fired,
         'schedule_errors', v_ticks.failed,
@@ -170,14 +215,14 @@ $$;
 
 comment on function pgdurable.recover_sweep(integer, double precision) is
 $$One recovery sweep, in one transaction: lock the row of `pgdurable.sweeps` (a concurrent sweep
-waits), `expire_leases(null, p_limit)`, then read the clock and record that time as this sweep's,
-`wake_due(<previous sweep's time>, <this sweep's time>)` (a minute back on the first sweep),
-`fire_due_ticks(p_limit)`, `purge(p_retention_seconds, p_limit)`. Returns `{"requeued": n,
-"dead_lettered": n, "woken_queues": n, "scheduled": n, "schedule_errors": n, "purged": n}`; a
-schedule that cannot fire is counted in `schedule_errors` and does not stop the sweep. Safe to
-run from several sessions at once. Errors: PD006 (`limit must be >= 1`) when `p_limit` is null or
-< 1; PD006 from `purge` for a bad retention (raised after the other parts ran; the transaction
-rolls back whole).$$;
+waits), `expire_leases(null, p_limit)`, `time_out_runs(p_limit)`, then read the clock and record
+that time as this sweep's, `wake_due(<previous sweep's time>, <this sweep's time>)` (a minute
+back on the first sweep), `fire_due_ticks(p_limit)`, `purge(p_retention_seconds, p_limit)`.
+Returns `{"requeued": n, "dead_lettered": n, "timed_out": n, "woken_queues": n, "scheduled": n,
+"schedule_errors": n, "purged": n}`; a schedule that cannot fire is counted in
+`schedule_errors` and does not stop the sweep. Safe to run from several sessions at once.
+Errors: PD006 (`limit must be >= 1`) when `p_limit` is null or < 1; PD006 from `purge` for a bad
+retention (raised after the other parts ran; the transaction rolls back whole).$$;
 
 create or replace function pgdurable.declare_queue_recoveries(p_name text, p_max integer)
 returns void language plpgsql as $$

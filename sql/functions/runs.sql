@@ -10,7 +10,8 @@
 -- docs/explanation/design.md.
 
 create or replace function pgdurable.start_workflow(
-    p_id text, p_name text, p_inputs jsonb, p_owner text, p_lease_seconds double precision)
+    p_id text, p_name text, p_inputs jsonb, p_owner text, p_lease_seconds double precision,
+    p_timeout_seconds double precision default null)
 returns table (id text, name text, status text, epoch integer, inputs jsonb, started boolean,
                xact_id text)
 language plpgsql as $$
@@ -18,13 +19,15 @@ language plpgsql as $$
 declare
     v_row pgdurable.workflows;
     v_now timestamptz := pgdurable.now();
+    v_timeout_at timestamptz;
 begin
     perform pgdurable.check_lease(p_lease_seconds);
+    v_timeout_at := pgdurable.timeout_at(v_now, p_timeout_seconds);
     insert into pgdurable.workflows as w
            (id, name, status, inputs, attempt, owner, lease_until, started_at, created_at,
-            updated_at)
+            updated_at, timeout_at)
     values (p_id, p_name, 'running', p_inputs, 1, p_owner,
-            v_now + make_interval(secs => p_lease_seconds), v_now, v_now, v_now)
+            v_now + make_interval(secs => p_lease_seconds), v_now, v_now, v_now, v_timeout_at)
     on conflict on constraint workflows_pkey do nothing
     returning w.* into v_row;
     if found then
@@ -33,32 +36,64 @@ begin
         return;
     end if;
 
-    select w.* into v_row from pgdurable.workflows w where w.id = p_id;
+    select w.* into v_row from pgdurable.workflows w where w.id = p_id for update;
     if v_row.name <> p_name then
         perform pgdurable.raise_error('PD002', format(
             'workflow id %L already belongs to workflow %L, not %L', p_id, v_row.name, p_name),
             'choose another workflow_id, or start the same workflow function');
     end if;
-    -- An existing run whose owner died: take it over now.
-    return query select a.id, a.name, a.status, a.epoch, a.inputs, true, pg_current_xact_id()::text
-                   from pgdurable.acquire(p_id, p_owner, p_lease_seconds) a;
-    if found then
-        return;
+    -- An existing run whose owner died: take it over now (counted against its recovery
+    -- budget by `acquire`). A pending run is left to its queue (its delay, a paused queue).
+    if v_row.status = 'running' then
+        return query select a.id, a.name, a.status, a.epoch, a.inputs, true,
+                            pg_current_xact_id()::text
+                       from pgdurable.acquire(p_id, p_owner, p_lease_seconds) a;
+        if found then
+            return;
+        end if;
+        select w.* into v_row from pgdurable.workflows w where w.id = p_id;
     end if;
     return query select v_row.id, v_row.name, v_row.status, v_row.attempt, v_row.inputs, false,
                         pg_current_xact_id()::text;
 end
 $$;
 
-comment on function pgdurable.start_workflow(text, text, jsonb, text, double precision) is
+comment on function pgdurable.start_workflow(text, text, jsonb, text, double precision,
+    double precision) is
 $$Starts run `p_id` of workflow `p_name` that the caller executes itself (`app.start`). Creates it
 `running` at epoch 1 with inputs `p_inputs`, owned by `p_owner` with a lease of
-`p_lease_seconds`, and returns it with `started = true`. If the id exists: PD002 if it belongs to
-another workflow name; otherwise `acquire` is tried (a `pending` run, or a `running` one whose
-lease expired, is taken over with `started = true`); otherwise the existing run is returned with
-`started = false` (its stored inputs, not `p_inputs`). `xact_id` is `pg_current_xact_id()` of the
-calling transaction, for `pg_xact_status()`. Errors: PD006 (lease), PD002. Locks: the inserted
-row; a concurrent insert of the same id waits for the first transaction to end.$$;
+`p_lease_seconds`, and returns it with `started = true`; `p_timeout_seconds` (null: none) sets
+`timeout_at = now() + p_timeout_seconds`, after which `recover_sweep` cancels the run and its
+subtree. If the id exists (its row is locked `FOR UPDATE`; `p_inputs` and `p_timeout_seconds`
+are ignored): PD002 if it belongs to another workflow name; a `running` run whose lease expired
+is taken over by `acquire` (`started = true`; counted against its recovery budget, and
+dead-lettered when over it); otherwise, a `pending` run included (left to its queue: its delay,
+a paused queue), the existing run is returned with `started = false` (its stored inputs).
+`xact_id` is `pg_current_xact_id()` of the calling transaction, for `pg_xact_status()`. Errors:
+PD006 (lease; a timeout that is not > 0 and finite), PD002. Locks: the inserted or existing row;
+a concurrent insert of the same id waits for the first transaction to end.$$;
+
+create or replace function pgdurable.timeout_at(
+    p_created_at timestamptz, p_timeout_seconds double precision)
+returns timestamptz language plpgsql as $$
+begin
+    if p_timeout_seconds is null then
+        return null;
+    end if;
+    -- 'NaN' sorts above 'Infinity' in PostgreSQL, so `>= 'Infinity'` refuses both.
+    if p_timeout_seconds <= 0 or p_timeout_seconds >= 'Infinity' then
+        perform pgdurable.raise_error('PD006', format(
+            'timeout must be > 0 seconds and finite, not %s', p_timeout_seconds));
+    end if;
+    return p_created_at + make_interval(secs => p_timeout_seconds);
+end
+$$;
+
+comment on function pgdurable.timeout_at(timestamptz, double precision) is
+$$Internal helper of `start_workflow`, `enqueue` and `enqueue_runs`: the `timeout_at` of a run
+created at `p_created_at` with a timeout of `p_timeout_seconds`, `p_created_at + p_timeout_seconds`
+(null when `p_timeout_seconds` is null). Errors: PD006 unless `p_timeout_seconds` is > 0
+and finite.$$;
 
 create or replace function pgdurable.acquire(
     p_id text, p_owner text, p_lease_seconds double precision)
@@ -67,20 +102,53 @@ language plpgsql as $$
 #variable_conflict use_column
 declare
     v_now timestamptz := pgdurable.now();
+    v_run record;
 begin
     perform pgdurable.check_lease(p_lease_seconds);
-    delete from pgdurable.ready r
-     where r.workflow_id = p_id
-       and exists (select 1 from pgdurable.workflows w
-                    where w.id = p_id and w.status = 'pending');
+    select w.status, w.lease_until, w.recoveries, coalesce(q.max_recoveries, 10) as max_recoveries
+      into v_run
+      from pgdurable.workflows w left join pgdurable.queues q on q.name = w.queue
+     where w.id = p_id
+       for update of w;
+    if not found then
+        return;
+    end if;
+    if v_run.status = 'pending' then
+        delete from pgdurable.ready r where r.workflow_id = p_id;
+        return query
+        update pgdurable.workflows w
+           set status = 'running', attempt = w.attempt + 1, owner = p_owner,
+               lease_until = v_now + make_interval(secs => p_lease_seconds),
+               started_at = coalesce(w.started_at, v_now), waiting_for = null,
+               updated_at = v_now
+         where w.id = p_id
+        returning w.id, w.name, w.status, w.attempt, w.inputs;
+        return;
+    end if;
+    if v_run.status <> 'running' or v_run.lease_until >= v_now then
+        return;
+    end if;
+    -- A takeover of an expired lease: it counts against the recovery budget, whoever noticed
+    -- it (as in `expire_leases`), so a run that kills its process cannot crash-loop forever.
+    if v_run.recoveries + 1 >= v_run.max_recoveries then
+        update pgdurable.workflows w
+           set status = 'failed', owner = null, lease_until = null, finished_at = v_now,
+               updated_at = v_now, recoveries = w.recoveries + 1,
+               error = jsonb_build_object(
+                   'type', 'RecoveryLimitExceeded',
+                   'message', format('the run lost its worker %s times (lease expired); '
+                                     'it is not recovered again', v_run.recoveries + 1),
+                   'traceback', '')
+         where w.id = p_id;
+        return;
+    end if;
     return query
     update pgdurable.workflows w
-       set status = 'running', attempt = w.attempt + 1, owner = p_owner,
+       set attempt = w.attempt + 1, owner = p_owner, recoveries = w.recoveries + 1,
            lease_until = v_now + make_interval(secs => p_lease_seconds),
            started_at = coalesce(w.started_at, v_now), waiting_for = null,
            updated_at = v_now
      where w.id = p_id
-       and (w.status = 'pending' or (w.status = 'running' and w.lease_until < v_now))
     returning w.id, w.name, w.status, w.attempt, w.inputs;
 end
 $$;
@@ -88,9 +156,12 @@ $$;
 comment on function pgdurable.acquire(text, text, double precision) is
 $$Takes run `p_id` over for `p_owner`: if it is `pending`, or `running` with `lease_until < now()`,
 it becomes `running` with epoch + 1, owner `p_owner` and a lease of `p_lease_seconds`
-(`started_at` set if unset), its `ready` row is deleted, and it is returned. Otherwise returns no
-row (terminal, unknown, or another owner's lease is live). Errors: PD006 (lease). Locks: `UPDATE`
-of the run's row (waits for `check_epoch` share locks).$$;
+(`started_at` set if unset), its `ready` row is deleted, and it is returned. Taking over an
+expired lease counts against the recovery budget as `expire_leases` does: `recoveries` goes up by
+one, and when it reaches the queue's `max_recoveries` (10 for a queue missing from `queues`) the
+run ends `failed` with `RecoveryLimitExceeded` instead (no row returned). Otherwise returns no row
+(terminal, unknown, or another owner's lease is live). Errors: PD006 (lease). Locks: the run's
+row `FOR UPDATE` (waits for `check_epoch` share locks).$$;
 
 create or replace function pgdurable.resume(
     p_id text, p_owner text, p_lease_seconds double precision)
@@ -419,33 +490,89 @@ Runs with a forced generic plan, `enable_seqscan`, `enable_hashjoin` and `enable
 (every statement is a scan of the arrays with primary-key lookups) and `jit` off (before
 PostgreSQL 18 the disabled plan types' cost would make every call JIT-compile).$$;
 
-create or replace function pgdurable.cancel(p_id text) returns text
+create or replace function pgdurable.cancel_tree(p_id text, p_cascade boolean, p_error jsonb)
+returns text
 language plpgsql as $$
 declare
     v_status text;
     v_now    timestamptz := pgdurable.now();
+    v_ids    text[];
 begin
+    if p_cascade is null then
+        perform pgdurable.raise_error('PD006', 'cascade must be true or false, not NULL');
+    end if;
     select status into v_status from pgdurable.workflows where id = p_id for update;
     if not found then
         perform pgdurable.raise_error('PD004', format('workflow %L does not exist', p_id));
     end if;
-    if v_status in ('pending', 'running') then
-        update pgdurable.workflows
-           set status = 'cancelled', owner = null, lease_until = null, finished_at = v_now,
-               updated_at = v_now
-         where id = p_id;
-        delete from pgdurable.ready where workflow_id = p_id;
-        return 'cancelled';
+    v_ids := case when v_status in ('pending', 'running') then array[p_id] else '{}' end;
+    if p_cascade then
+        -- Every descendant (through finished ones too), locked in id order; `union` stops on a
+        -- cycle. Only the unfinished ones are cancelled.
+        with recursive tree(id) as (
+            select w.id from pgdurable.workflows w where w.parent_id = p_id
+            union
+            select w.id from pgdurable.workflows w join tree t on w.parent_id = t.id
+        ), locked as (
+            select w.id from pgdurable.workflows w
+             where w.id in (select t.id from tree t) and w.id <> p_id
+               and w.status in ('pending', 'running')
+             order by w.id
+               for update of w
+        )
+        select v_ids || coalesce(array_agg(l.id), '{}') into v_ids from locked l;
     end if;
-    return v_status;
+    if cardinality(v_ids) = 0 then
+        return v_status;
+    end if;
+    update pgdurable.workflows w
+       set status = 'cancelled', owner = null, lease_until = null, finished_at = v_now,
+           updated_at = v_now,
+           error = case when p_error is null then null
+                        when w.id = p_id then p_error
+                        else p_error || jsonb_build_object(
+                            'message', format('cancelled with its ancestor %L: %s', p_id,
+                                              p_error ->> 'message'),
+                            'ancestor', p_id) end
+     where w.id = any(v_ids) and w.status in ('pending', 'running');
+    delete from pgdurable.ready r where r.workflow_id = any(v_ids);
+    return case when v_status in ('pending', 'running') then 'cancelled' else v_status end;
 end
 $$;
 
+comment on function pgdurable.cancel_tree(text, boolean, jsonb) is
+$$Cancels run `p_id` and, with `p_cascade`, every descendant (recursively over `parent_id`,
+through finished descendants too), in the caller's transaction. Locks the run `FOR UPDATE`, then
+the unfinished descendants in id order. Every `pending` or `running` one of them becomes
+`cancelled` (owner and lease cleared, `finished_at` set, its `ready` row deleted); the owner of a
+running one has its next checkpoint refused with PD001 and stops, and its heartbeat reports the
+run as no longer its own. `p_error` (null for an operator cancel) is stored as the run's
+`error`; a descendant gets `p_error` with `message` = `cancelled with its ancestor '<p_id>':
+<message>` and `ancestor` = `p_id`. Returns `p_id`'s status afterwards (`'cancelled'`, or the
+status of a run that had already finished, which is left as it is; its descendants are still
+cancelled). Errors: PD004 (no such run), PD006 (`p_cascade` null).$$;
+
+create or replace function pgdurable.cancel(p_id text, p_cascade boolean) returns text
+language sql as $$
+    select pgdurable.cancel_tree(p_id, p_cascade, null)
+$$;
+
+comment on function pgdurable.cancel(text, boolean) is
+$$Operator cancel (`app.cancel`, `pgdurable workflows cancel`): `cancel_tree(p_id, p_cascade,
+null)`. Cancels run `p_id` if it has not finished and, with `p_cascade`, every unfinished
+descendant, in one transaction; returns `p_id`'s status afterwards. Errors: PD004 (no such run),
+PD006 (`p_cascade` null).$$;
+
+create or replace function pgdurable.cancel(p_id text) returns text
+language sql as $$
+    select pgdurable.cancel_tree(p_id, true, null)
+$$;
+
 comment on function pgdurable.cancel(text) is
-$$Cancels run `p_id`. Locks it `FOR UPDATE`. A `pending` or `running` run becomes `cancelled`
-(owner and lease cleared, `finished_at` set, `ready` row deleted) and `'cancelled'` is returned;
-the owner's next checkpoint fails with PD001 and it stops. A finished run is left as it is and
-its status returned. Errors: PD004 (no such run).$$;
+$$`cancel(p_id, true)`: cancels run `p_id` and every unfinished descendant. A `pending` or
+`running` run becomes `cancelled` (owner and lease cleared, `finished_at` set, `ready` row
+deleted) and `'cancelled'` is returned; the owner's next checkpoint fails with PD001 and it
+stops. A finished run is left as it is and its status returned. Errors: PD004 (no such run).$$;
 
 create or replace function pgdurable.forget_ending_failure(p_id text, p_run_error jsonb)
 returns void

@@ -23,10 +23,12 @@ create or replace function pgdurable.start_children(
     p_partition_key text default null,
     p_deadline timestamptz default null,
     p_max_attempts integer default 1,
-    p_retry_backoff double precision default 1.0)
+    p_retry_backoff double precision default 1.0,
+    p_timeout_seconds double precision default null)
 returns jsonb language plpgsql as $$
 declare
     v_now       timestamptz := pgdurable.now();
+    v_timeout_at timestamptz;
     v_step      pgdurable.steps;
     v_available timestamptz;
     v_ids       jsonb;
@@ -57,13 +59,15 @@ begin
     select coalesce(jsonb_agg(r -> 0 order by ord), '[]') into v_ids
       from jsonb_array_elements(p_runs) with ordinality as t(r, ord);
     v_available := v_now + make_interval(secs => p_delay_seconds);
+    v_timeout_at := pgdurable.timeout_at(v_now, p_timeout_seconds);
     with inserted as (
         insert into pgdurable.workflows
                (id, name, status, inputs, queue, priority, available_at, partition_key,
-                deadline, max_attempts, retry_backoff, parent_id, created_at, updated_at)
+                deadline, max_attempts, retry_backoff, parent_id, created_at, updated_at,
+                timeout_at)
         select r.run ->> 0, p_name, 'pending', r.run -> 1, p_queue, p_priority, v_available,
                p_partition_key, p_deadline, p_max_attempts, p_retry_backoff, p_parent, v_now,
-               v_now
+               v_now, v_timeout_at
           from jsonb_array_elements(p_runs) with ordinality as r(run, ord) order by r.ord
         on conflict do nothing
         returning workflows.id
@@ -98,13 +102,13 @@ begin
 end
 $$;
 
-comment on function pgdurable.start_children(text, integer, integer, text, text, jsonb, integer, double precision, text, timestamptz, integer, double precision) is
+comment on function pgdurable.start_children(text, integer, integer, text, text, jsonb, integer, double precision, text, timestamptz, integer, double precision, double precision) is
 $$Starts child workflows of run `p_parent` (at epoch `p_epoch`) as its step `p_step_no`, in one
 transaction: queues one run of workflow `p_name` on `p_queue` per element of `p_runs` (a JSON
 array of `[id, inputs]` pairs) with `parent_id = p_parent`, counts them in the parent's `joins`
 row, and records the step ('pgdurable.children', output: the children's ids in order). The
-options `p_priority`, `p_delay_seconds`, `p_partition_key`, `p_deadline`, `p_max_attempts` and
-`p_retry_backoff` mean what they mean for `enqueue`. An id that exists already is left as it is
+options `p_priority`, `p_delay_seconds`, `p_partition_key`, `p_deadline`, `p_max_attempts`,
+`p_retry_backoff` and `p_timeout_seconds` mean what they mean for `enqueue`. An id that exists already is left as it is
 (and not counted as a child). A replay (the step is recorded) returns the recorded ids and
 writes nothing. Errors: PD001 (stale epoch), PD002 (an id belongs to another workflow), PD003
 (the step is recorded as something else), PD004, PD006 (bad `p_runs` or options), PD007

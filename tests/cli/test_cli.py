@@ -198,6 +198,24 @@ def test_workflows_cancel(runs: dict[str, str], dsn: str, workdir: Path) -> None
     assert "'nope' does not exist" in line
 
 
+def test_workflows_cancel_cascades_unless_no_cascade(runs: dict[str, str], dsn: str,
+                                                      workdir: Path) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for wid, parent in (("kid-1", "live-1"), ("kid-2", "kid-1"), ("solo-kid", "done-1")):
+            conn.execute("select pgdurable.enqueue('default', 'greet', p_id => %s)", (wid,))
+            conn.execute("update pgdurable.workflows set parent_id = %s where id = %s",
+                         (parent, wid))
+    assert ok(cli("workflows", "cancel", "kid-1", "--no-cascade", "--dsn", dsn,
+                  cwd=workdir)).strip() == "kid-1: cancelled"
+    assert ok(cli("workflows", "cancel", "live-1", "--dsn", dsn, cwd=workdir)).strip() == (
+        "live-1: cancelled")
+    with psycopg.connect(dsn) as conn:
+        rows: dict[str, str] = dict(conn.execute(
+            "select id, status from pgdurable.workflows").fetchall())
+    assert rows == {"live-1": "cancelled", "done-1": "succeeded", "kid-1": "cancelled",
+                    "kid-2": "cancelled", "solo-kid": "pending"}
+
+
 RESUMABLE = '''
 import pgdurable
 

@@ -17,8 +17,8 @@ from tests.support.sql import claim_one, count, declare, enqueue, scalar, schedu
 from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[Any]
-COUNT_KEYS = {"requeued", "dead_lettered", "woken_queues", "scheduled", "schedule_errors",
-              "purged"}
+COUNT_KEYS = {"requeued", "dead_lettered", "timed_out", "woken_queues", "scheduled",
+              "schedule_errors", "purged"}
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2"
 
 

@@ -154,12 +154,14 @@ def test_start_of_a_finished_run_returns_it(conn: Conn) -> None:
     assert workflow(conn, "w1")["output"] == 42
 
 
-def test_start_of_a_pending_run_takes_it(conn: Conn) -> None:
+def test_start_of_a_pending_run_leaves_it_to_its_queue(conn: Conn) -> None:
+    # Issue 9 item 7: a pending (queued, delayed, on a paused queue) run is not taken over by
+    # `start_workflow` (it used to be acquired and run in the caller's process).
     conn.execute("insert into pgdurable.workflows (id, name) values ('p1', 'flow')")
     got = start(conn, "p1", owner="worker-b")
-    assert (got["started"], got["epoch"], got["status"]) == (True, 1, "running")
+    assert (got["started"], got["epoch"], got["status"]) == (False, 0, "pending")
     row = workflow(conn, "p1")
-    assert (row["owner"], row["started_at"]) == ("worker-b", T0)
+    assert (row["owner"], row["started_at"]) == (None, None)
 
 
 @pytest.mark.parametrize("status", ["running", "succeeded"])

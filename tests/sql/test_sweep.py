@@ -30,8 +30,8 @@ from tests.support.sql import (
     workflow,
 )
 
-COUNT_KEYS = {"requeued", "dead_lettered", "woken_queues", "scheduled", "schedule_errors",
-              "purged"}
+COUNT_KEYS = {"requeued", "dead_lettered", "timed_out", "woken_queues", "scheduled",
+              "schedule_errors", "purged"}
 
 
 def claimed_and_expired(conn: Conn, wid: str, *, queue: str = "default", worker: str = "w-a",
@@ -343,8 +343,8 @@ def test_recover_sweep_returns_all_counts_as_json(db: Conn) -> None:
     finished_run(db, "ancient", "succeeded", 2)
     set_now(db, at(200))
     counts = sweep(db, limit=10, retention=100)
-    assert counts == {"requeued": 1, "dead_lettered": 1, "woken_queues": 1, "scheduled": 0,
-                      "schedule_errors": 0, "purged": 1}
+    assert counts == {"requeued": 1, "dead_lettered": 1, "timed_out": 0, "woken_queues": 1,
+                      "scheduled": 0, "schedule_errors": 0, "purged": 1}
     assert set(counts) == COUNT_KEYS
     json.dumps(counts)
     assert scalar(db, "select last_sweep_at from pgdurable.sweeps") == at(200)

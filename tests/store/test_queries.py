@@ -71,13 +71,14 @@ def test_translate_returns_other_errors_unchanged(conn: Conn, sql: str) -> None:
 def test_run_query_raises_the_translated_exception(conn: Conn) -> None:
     start(conn, "w1")
     with pytest.raises(errors.WorkflowNotFound, match="'nope' does not exist"):
-        run_query(conn, "cancel", {"id": "nope"})
+        run_query(conn, "cancel", {"id": "nope", "cascade": True})
     with pytest.raises(errors.FencedError, match="epoch 7 is stale") as info:
         run_query(conn, "load_steps", {"id": "w1", "epoch": 7})
     assert isinstance(info.value.__cause__, psycopg.Error)
     with pytest.raises(errors.InvalidArgument, match="lease_seconds must be > 0"):
         run_query(conn, "start_workflow", {"id": "w2", "name": "f", "inputs": None,
-                                           "owner": "o", "lease_seconds": 0})
+                                           "owner": "o", "lease_seconds": 0,
+                                           "timeout_seconds": None})
 
 
 def test_database_fetch_translates_too(dsn: str) -> None:
@@ -89,7 +90,8 @@ def test_database_fetch_translates_too(dsn: str) -> None:
         with pytest.raises(errors.WorkflowConflict):
             for name in ("a", "b"):
                 db.fetch_one("start_workflow", {"id": "w1", "name": name, "inputs": inputs,
-                                                "owner": "o", "lease_seconds": 30})
+                                                "owner": "o", "lease_seconds": 30,
+                                                "timeout_seconds": None})
         # the pooled connection is usable after an error (autocommit, no aborted transaction)
         row = db.fetch_one("get_workflow", {"id": "w1"})
         assert row is not None and row["name"] == "a"
