@@ -248,6 +248,60 @@ statement, with one notification (none with a delay). `p_priority`, `p_delay_sec
 the ids in input order; an id that already exists is returned without writing. Errors: as
 `enqueue`; PD002 when an id in `p_ids` belongs to another workflow name.$$;
 
+create or replace function pgdurable.insert_runs(
+    p_queue text, p_name text, p_runs jsonb, p_priority integer, p_available timestamptz,
+    p_partition_key text, p_deadline timestamptz, p_max_attempts integer,
+    p_retry_backoff double precision, p_timeout_at timestamptz, p_parent text)
+returns integer language plpgsql as $$
+declare
+    v_now     timestamptz := pgdurable.now();
+    v_written integer;
+    v_clash   record;
+begin
+    with inserted as (
+        insert into pgdurable.workflows
+               (id, name, status, inputs, queue, priority, available_at, partition_key,
+                deadline, max_attempts, retry_backoff, created_at, updated_at, timeout_at,
+                parent_id)
+        select r.run ->> 0, p_name, 'pending', r.run -> 1, p_queue, p_priority, p_available,
+               p_partition_key, p_deadline, p_max_attempts, p_retry_backoff, v_now, v_now,
+               p_timeout_at, p_parent
+          from jsonb_array_elements(p_runs) with ordinality as r(run, ord) order by r.ord
+        on conflict do nothing
+        returning workflows.id
+    ), readied as (
+        insert into pgdurable.ready (workflow_id, queue, name, priority, available_at,
+                                     partition_key)
+        select ins.id, p_queue, p_name, p_priority, p_available, p_partition_key
+          from inserted ins
+        returning 1
+    )
+    select count(*) into v_written from readied;
+    if v_written < jsonb_array_length(p_runs) then  -- ids that existed: runs of this workflow?
+        select w.id, w.name into v_clash from pgdurable.workflows w
+         where w.id in (select r ->> 0 from jsonb_array_elements(p_runs) r)
+           and w.name <> p_name limit 1;
+        if found then
+            perform pgdurable.raise_error('PD002', format(
+                'workflow id %L already belongs to workflow %L, not %L', v_clash.id,
+                v_clash.name, p_name),
+                'choose other workflow ids, or enqueue the same workflow function');
+        end if;
+    end if;
+    return v_written;
+end
+$$;
+
+comment on function pgdurable.insert_runs(text, text, jsonb, integer, timestamptz, text,
+    timestamptz, integer, double precision, timestamptz, text) is
+$$Internal: the one insert of queued runs, shared by `enqueue_runs` and `start_children`, which
+check their inputs first. Writes one `pending` run of workflow `p_name` on queue `p_queue` per
+`[id, inputs]` pair of `p_runs`, in array order, with `p_priority`, `p_available` (its
+`available_at`), `p_partition_key`, `p_deadline`, `p_max_attempts`, `p_retry_backoff`,
+`p_timeout_at` and `p_parent` (its `parent_id`), and its `ready` row; an id that exists already is
+left as it is. Returns how many runs it wrote. Errors: PD002 when an existing id belongs to
+another workflow.$$;
+
 create or replace function pgdurable.enqueue_runs(
     p_queue text,
     p_name text,
@@ -263,10 +317,8 @@ returns integer language plpgsql as $$
 declare
     v_now       timestamptz := pgdurable.now();
     v_timeout_at timestamptz;
-    v_available timestamptz;
     v_given     integer;
     v_written   integer;
-    v_clash     record;
 begin
     perform pgdurable.check_enqueue_options(p_queue, p_name, p_delay_seconds, p_max_attempts,
                                             p_retry_backoff);
@@ -282,36 +334,9 @@ begin
                 where jsonb_typeof(r -> 0) is distinct from 'string') then
         perform pgdurable.raise_error('PD006', 'every run needs a string id');
     end if;
-    v_available := v_now + make_interval(secs => p_delay_seconds);
-    with inserted as (
-        insert into pgdurable.workflows
-               (id, name, status, inputs, queue, priority, available_at, partition_key,
-                deadline, max_attempts, retry_backoff, created_at, updated_at, timeout_at)
-        select r.run ->> 0, p_name, 'pending', r.run -> 1, p_queue, p_priority, v_available,
-               p_partition_key, p_deadline, p_max_attempts, p_retry_backoff, v_now, v_now,
-               v_timeout_at
-          from jsonb_array_elements(p_runs) with ordinality as r(run, ord) order by r.ord
-        on conflict do nothing
-        returning workflows.id
-    ), readied as (
-        insert into pgdurable.ready (workflow_id, queue, name, priority, available_at,
-                                     partition_key)
-        select ins.id, p_queue, p_name, p_priority, v_available, p_partition_key
-          from inserted ins
-        returning 1
-    )
-    select count(*) into v_written from readied;
-    if v_written < v_given then  -- some ids existed: they must be runs of this workflow
-        select w.id, w.name into v_clash from pgdurable.workflows w
-         where w.id in (select r ->> 0 from jsonb_array_elements(p_runs) r)
-           and w.name <> p_name limit 1;
-        if found then
-            perform pgdurable.raise_error('PD002', format(
-                'workflow id %L already belongs to workflow %L, not %L', v_clash.id,
-                v_clash.name, p_name),
-                'choose other workflow ids, or enqueue the same workflow function');
-        end if;
-    end if;
+    v_written := pgdurable.insert_runs(
+        p_queue, p_name, p_runs, p_priority, v_now + make_interval(secs => p_delay_seconds),
+        p_partition_key, p_deadline, p_max_attempts, p_retry_backoff, v_timeout_at, null);
     if p_delay_seconds = 0 then
         perform pgdurable.notify_queue(p_queue);
     end if;

@@ -28,12 +28,9 @@ create or replace function pgdurable.start_children(
 returns jsonb language plpgsql as $$
 declare
     v_now       timestamptz := pgdurable.now();
-    v_timeout_at timestamptz;
     v_step      pgdurable.steps;
-    v_available timestamptz;
     v_ids       jsonb;
     v_written   integer;
-    v_clash     record;
 begin
     select s.* into v_step from pgdurable.steps s
      where s.workflow_id = p_parent and s.step_no = p_step_no;
@@ -58,38 +55,10 @@ begin
     end if;
     select coalesce(jsonb_agg(r -> 0 order by ord), '[]') into v_ids
       from jsonb_array_elements(p_runs) with ordinality as t(r, ord);
-    v_available := v_now + make_interval(secs => p_delay_seconds);
-    v_timeout_at := pgdurable.timeout_at(v_now, p_timeout_seconds);
-    with inserted as (
-        insert into pgdurable.workflows
-               (id, name, status, inputs, queue, priority, available_at, partition_key,
-                deadline, max_attempts, retry_backoff, parent_id, created_at, updated_at,
-                timeout_at)
-        select r.run ->> 0, p_name, 'pending', r.run -> 1, p_queue, p_priority, v_available,
-               p_partition_key, p_deadline, p_max_attempts, p_retry_backoff, p_parent, v_now,
-               v_now, v_timeout_at
-          from jsonb_array_elements(p_runs) with ordinality as r(run, ord) order by r.ord
-        on conflict do nothing
-        returning workflows.id
-    ), readied as (
-        insert into pgdurable.ready (workflow_id, queue, name, priority, available_at,
-                                     partition_key)
-        select ins.id, p_queue, p_name, p_priority, v_available, p_partition_key
-          from inserted ins
-        returning 1
-    )
-    select count(*) into v_written from readied;
-    if v_written < jsonb_array_length(p_runs) then  -- ids given that exist already
-        select w.id, w.name into v_clash from pgdurable.workflows w
-         where w.id in (select r ->> 0 from jsonb_array_elements(p_runs) r)
-           and w.name <> p_name limit 1;
-        if found then
-            perform pgdurable.raise_error('PD002', format(
-                'workflow id %L already belongs to workflow %L, not %L', v_clash.id,
-                v_clash.name, p_name),
-                'choose other workflow ids, or enqueue the same workflow function');
-        end if;
-    end if;
+    v_written := pgdurable.insert_runs(
+        p_queue, p_name, p_runs, p_priority, v_now + make_interval(secs => p_delay_seconds),
+        p_partition_key, p_deadline, p_max_attempts, p_retry_backoff,
+        pgdurable.timeout_at(v_now, p_timeout_seconds), p_parent);
     insert into pgdurable.joins as j (parent_id, open) values (p_parent, v_written)
     on conflict (parent_id) do update set open = j.open + excluded.open;
     insert into pgdurable.steps

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +26,7 @@ from pgdurable import (
     WorkflowNotFound,
 )
 from tests.support.processes import cli
+from tests.support.runs import background_worker
 from tests.support.sql import call, count
 from tests.support.waiting import wait_until
 
@@ -41,20 +40,6 @@ def drain(app: pgdurable.App, *queues: str, concurrency: int = 4) -> Worker:
     worker.run()
     worker.stop()
     return worker
-
-
-@contextmanager
-def background_worker(app: pgdurable.App, *queues: str) -> Iterator[Worker]:
-    """An in-process worker serving in a thread until the block ends."""
-    worker = Worker(app, queues=list(queues) or None, concurrency=4, poll_interval=0.02)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(15)
-        assert not thread.is_alive()
 
 
 def nothing_written(conn: Conn) -> bool:

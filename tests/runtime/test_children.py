@@ -5,30 +5,16 @@ failures raised with the child's id, wait_first, and the bad inputs refused at t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import pytest
 
 import pgdurable
+from tests.support.runs import background_worker
 from tests.support.waiting import wait_until
 
 Conn = psycopg.Connection[Any]
-
-
-@contextmanager
-def serving(app: pgdurable.App, *queues: str, concurrency: int = 4) -> Iterator[pgdurable.Worker]:
-    worker = pgdurable.Worker(app, queues=list(queues), concurrency=concurrency,
-                              poll_interval=0.05)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(15)
 
 
 def children_of(conn: Conn, parent: str) -> list[tuple[str, str]]:
@@ -58,7 +44,7 @@ def test_a_fan_out_joins_with_the_parent_holding_no_slot(app: pgdurable.App, con
         return sum(pgdurable.gather(handles))
 
     handle = tasks.enqueue(fan, 20, workflow_id="fan-1")
-    with serving(app, "tasks"):
+    with background_worker(app, "tasks"):
         assert handle.result(timeout=60) == sum(i * i for i in range(20))
     kids = children_of(conn, "fan-1")
     assert [k for k, _ in kids] == sorted(f"fan-1:0:{i}" for i in range(20))  # derived ids
@@ -96,7 +82,7 @@ def test_results_come_back_typed_and_failures_carry_the_childs_id(
         return shown
 
     run = app.queue("parents").enqueue(collect, workflow_id="col")
-    with serving(app, "kids", "parents"):
+    with background_worker(app, "kids", "parents"):
         shown = run.result(timeout=60)
     assert shown[:4] == ["ok:0", "ok:1", "WorkflowFailed:col:2", "ok:3"]  # each enqueue: a step
     assert shown[4] == "raised:col:2:two is bad"
@@ -134,7 +120,7 @@ def test_the_last_child_wakes_the_parent_even_with_no_worker_left(
         return pgdurable.gather(app.registry.queues["kids"].enqueue_many(slow, [(), ()]))
 
     run = app.queue("parents").enqueue(waiter, workflow_id="w")
-    with serving(app, "parents"):  # only the parent's queue: it suspends waiting
+    with background_worker(app, "parents"):  # only the parent's queue: it suspends waiting
         wait_until(lambda: run.info().waiting_for == "children", what="the parent to suspend")
     # The children end in some other process (here: SQL) after every worker is gone.
     for kid, _ in children_of(conn, "w"):
@@ -145,7 +131,7 @@ def test_the_last_child_wakes_the_parent_even_with_no_worker_left(
     assert conn.execute("select count(*) from pgdurable.ready where workflow_id = 'w'"
                         ).fetchone() == (1,)
     gate.set()
-    with serving(app, "parents"):  # a new worker finishes it
+    with background_worker(app, "parents"):  # a new worker finishes it
         assert run.result(timeout=30) == ["done", "done"]
 
 

@@ -43,9 +43,7 @@ KEPT: dict[tuple[str, str, str], tuple[int, str]] = {
            "the queue's integer limits"),
     ("purge", *BIGINT_TO_INTEGER): (1, "count(*) of one call's deletions, at most p_limit"),
     ("wake_due", *BIGINT_TO_INTEGER): (1, "count(*) of queues notified, returned as integer"),
-    ("enqueue_runs", *BIGINT_TO_INTEGER): (
-        1, "count(*) of one call's inserts, returned as integer"),
-    ("start_children", *BIGINT_TO_INTEGER): (
+    ("insert_runs", *BIGINT_TO_INTEGER): (
         1, "count(*) of one call's inserts, returned as integer"),
     ("await_children", *BIGINT_TO_INTEGER): (
         3, "count(*) of the runs waited for or of a parent's open children, far below 2^31"),

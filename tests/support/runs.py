@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
+import pgdurable
 from pgdurable.testing import SimulatedCrash as Crash
 
 from .sql import scalar
@@ -88,3 +91,19 @@ def lease_expired(conn: Conn, workflow_id: str) -> bool:
 def wait_lease_expired(conn: Conn, workflow_id: str) -> None:
     wait_until(lambda: lease_expired(conn, workflow_id), timeout=15,
                what=f"the lease of {workflow_id!r} to expire")
+
+
+@contextmanager
+def background_worker(app: pgdurable.App, *queues: str, concurrency: int = 4
+                      ) -> Iterator[pgdurable.Worker]:
+    """An in-process worker serving in a thread until the block ends."""
+    worker = pgdurable.Worker(app, queues=list(queues) or None, concurrency=concurrency,
+                              poll_interval=0.02)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(15)
+        assert not thread.is_alive()
